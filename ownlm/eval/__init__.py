@@ -1,0 +1,1 @@
+"""ownlm.eval stage."""

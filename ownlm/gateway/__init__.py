@@ -1,0 +1,1 @@
+"""ownlm.gateway stage."""

@@ -1,0 +1,1 @@
+"""ownlm.models stage."""

@@ -1,0 +1,1 @@
+"""ownlm.report stage."""

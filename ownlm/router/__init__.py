@@ -1,0 +1,1 @@
+"""ownlm.router stage."""

@@ -1,0 +1,1 @@
+"""ownlm.store stage."""

@@ -1,0 +1,1 @@
+"""ownlm.train stage."""

@@ -1,0 +1,123 @@
+"""Checkpoints that resume exactly: model (safetensors, loadable by transformers/peft), optimizer,
+scheduler, RNG states, step and data position.
+
+Layout: <run_dir>/step_<N>/{model files, trainer_state.pt, meta.json}; <run_dir>/final/ at the end.
+A checkpoint directory is written to a temp name and renamed, so a kill never leaves a half one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ownlm.errors import ConfigError
+
+
+@dataclass
+class ResumeState:
+    """What a recipe needs to continue a run: where it was and the RNG/optimizer states."""
+
+    step: int
+    path: Path
+    meta: dict[str, Any]
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    meta: dict[str, Any],
+    *,
+    keep_last: int = 2,
+    name: str | None = None,
+) -> Path:
+    """Save everything needed to resume at `step`; keep only the newest `keep_last` step dirs."""
+    run_dir = Path(run_dir)
+    final = run_dir / (name or f"step_{step}")
+    tmp = run_dir / f".tmp_{final.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    state = {
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(),
+    }
+    torch.save(state, tmp / "trainer_state.pt")
+    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2, default=str))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    if name is None:
+        steps = sorted(_step_dirs(run_dir), key=lambda p: int(p.name.split("_")[1]))
+        for old in steps[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _step_dirs(run_dir: Path) -> list[Path]:
+    return [
+        p
+        for p in run_dir.glob("step_*")
+        if p.is_dir() and p.name.split("_")[1].isdigit() and (p / "meta.json").exists()
+    ]
+
+
+def latest_checkpoint(run_dir: Path) -> ResumeState | None:
+    """Newest complete step checkpoint in run_dir, or None."""
+    dirs = _step_dirs(Path(run_dir))
+    if not dirs:
+        return None
+    path = max(dirs, key=lambda p: int(p.name.split("_")[1]))
+    meta = json.loads((path / "meta.json").read_text())
+    return ResumeState(step=int(meta["step"]), path=path, meta=meta)
+
+
+def load_trainer_state(
+    ckpt: ResumeState, optimizer: torch.optim.Optimizer | None, scheduler: Any | None
+) -> None:
+    """Restore optimizer, scheduler and RNG states from a checkpoint (model weights load separately)."""
+    state = torch.load(ckpt.path / "trainer_state.pt", weights_only=False)
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+
+
+def check_resume_compatible(ckpt: ResumeState, current: dict[str, Any], keys: list[str]) -> None:
+    """Stop when a resumed run's config disagrees with the checkpoint on a result-changing key."""
+    saved = ckpt.meta.get("config", {})
+    for key in keys:
+        if key in saved and saved[key] != current.get(key):
+            raise ConfigError(
+                f"cannot resume from {ckpt.path}: it was run with {key}={saved[key]!r} but the "
+                f"config now says {key}={current.get(key)!r}; use the same value or a new run_dir"
+            )
