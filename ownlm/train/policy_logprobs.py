@@ -1,0 +1,104 @@
+"""The training forward: log p of sampled completion tokens, with each group's prompt run once.
+
+For P prompts x n completions the prompt's forward (its KV cache, with grad) is computed once
+per prompt and shared by its n completions (the cache is repeated n times, which autograd sums
+back), and the LM head is applied only at positions whose token is counted in the loss. Result
+equals a plain full-sequence forward's log_softmax gathered at the tokens (tests check values
+and gradients).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+
+def pad_prompts_left(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, L) left-padded ids and (P, L) long attention mask; L = longest prompt."""
+    length = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), length), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, length - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, length - len(p) :] = 1
+    return ids, mask
+
+
+def token_logprobs(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, chunk_rows: int | None
+) -> torch.Tensor:
+    """log_softmax(lm_head(hidden))[target] for hidden (N, H), targets (N,); -> (N,).
+
+    With chunk_rows, the vocabulary-sized logits exist for only chunk_rows rows at a time
+    (recomputed in backward), which bounds memory at the cost of one more head matmul.
+    """
+    if chunk_rows is None or hidden.shape[0] <= chunk_rows:
+        return _head_logprobs(hidden, lm_head, targets)
+    parts = [
+        torch.utils.checkpoint.checkpoint(_head_logprobs, h, lm_head, t, use_reentrant=False)
+        for h, t in zip(hidden.split(chunk_rows), targets.split(chunk_rows), strict=True)
+    ]
+    return torch.cat(parts)
+
+
+def _head_logprobs(h: torch.Tensor, lm_head: torch.nn.Module, t: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(h).float()  # (N, V)
+    return logits.gather(1, t.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=1)
+
+
+def completion_logprobs(
+    model: Any,
+    prompt_ids: list[list[int]],
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    n: int,
+    *,
+    pad_id: int,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """log p of each completion token under `model`, (P*n, T); 0 where mask is False.
+
+    prompt_ids: P unpadded prompts; tokens, mask: (P*n, T) completions, prompt-major (row i
+    belongs to prompt i // n), right-padded. Gradients flow to the model's parameters.
+    """
+    n_rows, t_len = tokens.shape
+    assert n_rows == len(prompt_ids) * n, (n_rows, len(prompt_ids), n)
+    body = model.get_decoder()
+    lm_head = model.get_output_embeddings()
+    device = tokens.device
+
+    # 1. each prompt once: (P, L) left-padded, so the last column is every prompt's last token
+    p_ids, p_mask = pad_prompts_left(prompt_ids, pad_id)
+    p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+    p_pos = (p_mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = body(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, past_key_values=cache)
+    last_hidden = out.last_hidden_state[:, -1]  # (P, H): predicts completion token 0
+
+    # 2. the n completions of each prompt on its repeated cache; the last token predicts nothing
+    cache.batch_repeat_interleave(n)
+    lengths = p_mask.sum(dim=1).repeat_interleave(n)  # (P*n,)
+    c_pos = lengths.unsqueeze(1) + torch.arange(t_len - 1, device=device)  # (P*n, T-1)
+    full_mask = torch.cat(
+        [p_mask.repeat_interleave(n, dim=0), torch.ones_like(tokens[:, :-1])], dim=1
+    )
+    if t_len > 1:
+        out = body(
+            input_ids=tokens[:, :-1],
+            attention_mask=full_mask,
+            position_ids=c_pos,
+            past_key_values=cache,
+        )
+        hidden = torch.cat(
+            [last_hidden.repeat_interleave(n, dim=0).unsqueeze(1), out.last_hidden_state], dim=1
+        )  # (P*n, T, H)
+    else:
+        hidden = last_hidden.repeat_interleave(n, dim=0).unsqueeze(1)
+
+    # 3. the LM head only where a token counts
+    keep = mask.bool()
+    picked = token_logprobs(hidden[keep], lm_head, tokens[keep], chunk_rows)
+    logp = torch.zeros(tokens.shape, dtype=picked.dtype, device=device)
+    return logp.masked_scatter(keep, picked)
