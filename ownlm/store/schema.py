@@ -106,3 +106,17 @@ class ArmStats:
     successes: int  # thumbs up
     failures: int  # thumbs down
     cost_usd: float
+
+
+@dataclass
+class ApiKey:
+    """A gateway API key as stored: only the sha256 of the secret, never the secret itself."""
+
+    key_id: str
+    key_sha256: str
+    name: str
+    rate_per_s: float  # token bucket refill rate, requests per second
+    burst: int  # token bucket size
+    budget_usd: float | None = None  # None: no spend limit
+    disabled: bool = False
+    created_at: float = field(default_factory=time.time)

@@ -1,0 +1,147 @@
+"""SQL tables of the store (SQLAlchemy Core), one definition for SQLite and PostgreSQL.
+
+Migrations are a list of versioned steps, applied in order and recorded in `schema_version`.
+We chose this over alembic: the schema is small, it must be created with no set-up on first
+start of `ownlm serve`, and a list of `(version, fn)` is readable in one screen. The steps run
+in one transaction with the version row, so a failed step leaves the database at the old version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+)
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+traces = Table(
+    "traces",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("endpoint", String(32), nullable=False),
+    Column("alias", String(200), nullable=False),
+    Column("variant", String(200), nullable=False),
+    Column("upstream", String(200), nullable=False),
+    Column("upstream_model", String(200), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("response", JSON),
+    Column("status", Integer, nullable=False),
+    Column("error", Text),
+    Column("stream", Boolean, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float),
+    Column("cost_usd", Float, nullable=False),
+    Column("user", String(200)),
+    Column("session", String(200)),
+    Column("tags", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("key_id", String(32)),
+    Column("cache_hit", Boolean, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("experiment", String(200)),
+    Column("arm", String(200)),
+    Index("ix_traces_created_at", "created_at"),
+    Index("ix_traces_experiment_arm", "experiment", "arm"),
+    Index("ix_traces_key_id", "key_id"),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("feedback_id", String(32), primary_key=True),
+    Column("trace_id", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("thumbs", Integer),
+    Column("score", Float),
+    Column("value", Float),
+    Column("comment", Text),
+    Column("user", String(200)),
+    Column("key_id", String(32)),
+    Index("ix_feedback_trace_id", "trace_id"),
+)
+
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("alias", String(200), nullable=False),
+    Column("arms", JSON, nullable=False),
+    Column("weights", JSON, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("base_model", String(200), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("key_sha256", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("rate_per_s", Float, nullable=False),
+    Column("burst", Integer, nullable=False),
+    Column("budget_usd", Float),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+
+def _create_v1(conn: Connection) -> None:
+    """Version 1: all tables above."""
+    metadata.create_all(conn, tables=[traces, feedback, experiments, model_versions, api_keys])
+
+
+# (version, step). Append new steps at the end; never edit an applied one.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _create_v1)]
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def migrate(conn: Connection, now: float) -> int:
+    """Apply the steps newer than the database's version; return the version it is at."""
+    metadata.create_all(conn, tables=[schema_version])
+    current = conn.execute(
+        select(schema_version.c.version).order_by(schema_version.c.version.desc())
+    )
+    row = current.first()
+    at = row[0] if row is not None else 0
+    for version, step in MIGRATIONS:
+        if version > at:
+            step(conn)
+            conn.execute(insert(schema_version).values(version=version, applied_at=now))
+            at = version
+    return at

@@ -1,0 +1,264 @@
+"""TraceStore: read and write traces, feedback, experiments, model versions and API keys.
+
+One class over SQLAlchemy Core for both back ends: `sqlite:///path.db` (WAL, the default, no
+set-up) and `postgresql://user@host:port/db` (driven by psycopg 3). Every write method commits
+before it returns; on SQLite the connection runs with `synchronous=FULL`, so a committed write
+survives a crash of the process and of the machine. Writes of traces are batched by
+`ownlm.store.writer.TraceWriter`, which decides when a trace counts as stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import time
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Engine,
+    case,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from ownlm.errors import StoreError
+from ownlm.store import tables as t
+from ownlm.store.schema import ApiKey, ArmStats, Experiment, Feedback, ModelVersion, Trace
+
+
+class UnknownTraceError(StoreError):
+    """Feedback names a trace id the store does not have."""
+
+    http_status = 404
+
+
+def _json_dumps(obj: Any) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def engine_url(url: str) -> str:
+    """Map a user's URL to the SQLAlchemy one: plain `postgresql://` uses the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def hash_key(secret: str) -> str:
+    """sha256 hex of an API key secret: what the store keeps and looks keys up by."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class TraceStore:
+    """The store's tables behind plain methods that take and return `schema` rows."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(
+                engine_url(url), json_serializer=_json_dumps, json_deserializer=orjson.loads
+            )
+        except (SQLAlchemyError, ImportError, ValueError) as err:
+            raise StoreError(
+                f"cannot use store url {url!r}: {err}; "
+                "use sqlite:///path/to/ownlm.db or postgresql://user@host:port/dbname"
+            ) from err
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            with self.engine.begin() as conn:
+                self.version = t.migrate(conn, time.time())
+        except SQLAlchemyError as err:
+            raise StoreError(
+                f"cannot open the store at {url!r}: {err.__class__.__name__}: {err}"
+            ) from err
+
+    def close(self) -> None:
+        """Release all connections."""
+        self.engine.dispose()
+
+    # -- traces ------------------------------------------------------------------------------
+
+    def write_traces(self, rows: list[Trace]) -> None:
+        """Insert a batch of traces in one transaction."""
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(insert(t.traces), [dataclasses.asdict(r) for r in rows])
+
+    def get_trace(self, trace_id: str) -> Trace | None:
+        """The trace with this id, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.traces).where(t.traces.c.trace_id == trace_id)).first()
+        return Trace(**row._asdict()) if row is not None else None
+
+    def list_traces(self, limit: int = 100, since: float | None = None) -> list[Trace]:
+        """Traces in creation order, oldest first, optionally only those created after `since`."""
+        query = select(t.traces).order_by(t.traces.c.created_at).limit(limit)
+        if since is not None:
+            query = query.where(t.traces.c.created_at > since)
+        with self.engine.connect() as conn:
+            return [Trace(**r._asdict()) for r in conn.execute(query)]
+
+    def count_traces(self) -> int:
+        """Number of stored traces."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.traces)).scalar_one())
+
+    def spend_by_key(self) -> dict[str, float]:
+        """Total cost_usd of stored traces per API key id (rebuilds budgets after a restart)."""
+        query = (
+            select(t.traces.c.key_id, func.sum(t.traces.c.cost_usd))
+            .where(t.traces.c.key_id.is_not(None))
+            .group_by(t.traces.c.key_id)
+        )
+        with self.engine.connect() as conn:
+            return {k: float(v or 0.0) for k, v in conn.execute(query)}
+
+    # -- feedback ----------------------------------------------------------------------------
+
+    def add_feedback(self, fb: Feedback) -> None:
+        """Commit one feedback row; when this returns, it is durable. The trace must exist."""
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                select(t.traces.c.trace_id).where(t.traces.c.trace_id == fb.trace_id)
+            ).first()
+            if found is None:
+                raise UnknownTraceError(
+                    f"no trace with id {fb.trace_id!r}; use the x-ownlm-trace-id header of a "
+                    "response from this gateway"
+                )
+            conn.execute(insert(t.feedback).values(**dataclasses.asdict(fb)))
+
+    def list_feedback(self, trace_id: str | None = None) -> list[Feedback]:
+        """Feedback rows, oldest first, optionally for one trace."""
+        query = select(t.feedback).order_by(t.feedback.c.created_at)
+        if trace_id is not None:
+            query = query.where(t.feedback.c.trace_id == trace_id)
+        with self.engine.connect() as conn:
+            return [Feedback(**r._asdict()) for r in conn.execute(query)]
+
+    # -- experiments -------------------------------------------------------------------------
+
+    def save_experiment(self, exp: Experiment) -> None:
+        """Insert or replace an experiment definition."""
+        with self.engine.begin() as conn:
+            conn.execute(t.experiments.delete().where(t.experiments.c.name == exp.name))
+            conn.execute(insert(t.experiments).values(**dataclasses.asdict(exp)))
+
+    def list_experiments(self) -> list[Experiment]:
+        """All experiments, by name."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.experiments).order_by(t.experiments.c.name))
+            return [Experiment(**r._asdict()) for r in rows]
+
+    def arm_stats(self, experiment: str) -> list[ArmStats]:
+        """Per-arm trace counts, cost and feedback totals of one experiment, by arm name."""
+        tr, fb = t.traces, t.feedback
+        traced = (
+            select(tr.c.arm, func.count(), func.coalesce(func.sum(tr.c.cost_usd), 0.0))
+            .where(tr.c.experiment == experiment, tr.c.arm.is_not(None))
+            .group_by(tr.c.arm)
+        )
+        reward = func.coalesce(
+            fb.c.score, case((fb.c.thumbs > 0, 1.0), (fb.c.thumbs < 0, 0.0), else_=None)
+        )
+        rated = (
+            select(
+                tr.c.arm,
+                func.count(fb.c.feedback_id),
+                func.coalesce(func.sum(reward), 0.0),
+                func.coalesce(func.sum(reward * reward), 0.0),
+                func.coalesce(func.sum(case((fb.c.thumbs > 0, 1), else_=0)), 0),
+                func.coalesce(func.sum(case((fb.c.thumbs < 0, 1), else_=0)), 0),
+            )
+            .select_from(fb.join(tr, fb.c.trace_id == tr.c.trace_id))
+            .where(tr.c.experiment == experiment, tr.c.arm.is_not(None))
+            .group_by(tr.c.arm)
+        )
+        with self.engine.connect() as conn:
+            counts = {arm: (int(n), float(c)) for arm, n, c in conn.execute(traced)}
+            feedback = {r[0]: r[1:] for r in conn.execute(rated)}
+        out = []
+        for arm in sorted(counts):
+            n, cost = counts[arm]
+            nf, rs, rsq, ok, bad = feedback.get(arm, (0, 0.0, 0.0, 0, 0))
+            out.append(
+                ArmStats(
+                    experiment, arm, n, int(nf), float(rs), float(rsq), int(ok), int(bad), cost
+                )
+            )
+        return out
+
+    # -- model registry ----------------------------------------------------------------------
+
+    def add_model_version(self, mv: ModelVersion) -> None:
+        """Register a model version; (name, version) must be new."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(t.model_versions).values(**dataclasses.asdict(mv)))
+        except IntegrityError as err:
+            raise StoreError(
+                f"model version {mv.name} v{mv.version} is already registered; "
+                "register the next version number"
+            ) from err
+
+    def list_model_versions(self, name: str | None = None) -> list[ModelVersion]:
+        """Registered versions, by name then version."""
+        mv = t.model_versions
+        query = select(mv).order_by(mv.c.name, mv.c.version)
+        if name is not None:
+            query = query.where(mv.c.name == name)
+        with self.engine.connect() as conn:
+            return [ModelVersion(**r._asdict()) for r in conn.execute(query)]
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    def create_key(
+        self, name: str, rate_per_s: float, burst: int, budget_usd: float | None
+    ) -> tuple[ApiKey, str]:
+        """Create a key; returns the stored row and the secret (shown once, never stored)."""
+        secret = "sk-ownlm-" + secrets.token_urlsafe(24)
+        key = ApiKey(
+            key_id=secrets.token_hex(8),
+            key_sha256=hash_key(secret),
+            name=name,
+            rate_per_s=rate_per_s,
+            burst=burst,
+            budget_usd=budget_usd,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(insert(t.api_keys).values(**dataclasses.asdict(key)))
+        return key, secret
+
+    def list_keys(self) -> list[ApiKey]:
+        """All keys (hashes only), oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.api_keys).order_by(t.api_keys.c.created_at))
+            return [ApiKey(**r._asdict()) for r in rows]
+
+    def disable_key(self, key_id: str) -> bool:
+        """Disable a key; False if no such key."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(t.api_keys).where(t.api_keys.c.key_id == key_id).values(disabled=True)
+            )
+            return bool(res.rowcount)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers run beside the writer thread; FULL makes every commit durable (fsync of
+    # the WAL), which the feedback acknowledgement relies on. busy_timeout: wait, don't fail,
+    # when the trace writer and a feedback write meet.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()

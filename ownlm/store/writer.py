@@ -1,0 +1,154 @@
+"""TraceWriter: takes traces off the request path and writes them to the store in batches.
+
+`record()` appends to an in-memory queue and returns (no lock, no I/O, no parsing); a background
+thread wakes every `flush_interval_ms` (or when `max_batch` traces wait), builds the rows and
+inserts them in one transaction. This is the one place that decides when a write counts:
+
+- a trace counts as stored once its batch commits; `close()` writes everything still queued;
+- on a hard crash (kill -9, power loss) the traces recorded in the last `flush_interval_ms`,
+  plus the batch being written, are lost: at most `max_queue` traces (see docs/gateway.md);
+- feedback is acknowledged only after its own synchronous commit; if the trace it names is
+  still queued, that trace is written first, so acknowledged feedback always has its trace.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ownlm.store.schema import Feedback, Trace
+from ownlm.store.trace_store import TraceStore
+
+log = logging.getLogger("ownlm.store")
+
+
+class TraceBuilder(Protocol):
+    """A trace whose row is built in the writer thread (e.g. a stream still to reassemble)."""
+
+    trace_id: str
+
+    def build(self) -> Trace: ...
+
+
+class TraceWriter:
+    """Queue + background thread that batches trace inserts; see the module docstring."""
+
+    def __init__(
+        self,
+        store: TraceStore,
+        flush_interval_ms: float = 100.0,
+        max_batch: int = 500,
+        max_queue: int = 20_000,
+        on_written: Callable[[list[Trace]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.flush_interval_s = flush_interval_ms / 1000.0
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.on_written = on_written
+        self.dropped = 0  # traces refused because the queue was full
+        self.failed = 0  # traces lost to a store error
+        self.written = 0
+        self._queue: collections.deque[Trace | TraceBuilder] = collections.deque()
+        self._pending: set[str] = set()  # ids queued and not yet committed
+        self._wake = threading.Event()
+        self._done = threading.Condition()
+        self._recorded = 0  # count of traces ever queued (for flush)
+        self._settled = 0  # count of traces written, failed or dropped by the thread
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="ownlm-trace-writer", daemon=True)
+        self._thread.start()
+
+    def record(self, item: Trace | TraceBuilder) -> None:
+        """Queue a trace for writing; never blocks. Drops (and counts) it if the queue is full."""
+        if len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            return
+        self._pending.add(item.trace_id)
+        self._recorded += 1
+        self._queue.append(item)
+        if len(self._queue) >= self.max_batch:
+            self._wake.set()
+
+    def is_pending(self, trace_id: str) -> bool:
+        """True while the trace is queued and not yet committed."""
+        return trace_id in self._pending
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until every trace queued before this call is committed (or failed)."""
+        target = self._recorded
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        with self._done:
+            while self._settled < target and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._done.wait(min(left, 0.05))
+                self._wake.set()
+
+    def add_feedback(self, fb: Feedback) -> None:
+        """Commit feedback synchronously (writing its trace first if still queued)."""
+        if fb.trace_id in self._pending:
+            self.flush()
+        self.store.add_feedback(fb)
+
+    def close(self) -> None:
+        """Write everything queued, then stop the thread."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=60.0)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            stopping = self._stop
+            while self._queue:
+                self._write_batch()
+            if stopping:
+                return
+
+    def _write_batch(self) -> None:
+        items = []
+        while self._queue and len(items) < self.max_batch:
+            items.append(self._queue.popleft())
+        rows = []
+        for item in items:
+            if isinstance(item, Trace):
+                rows.append(item)
+                continue
+            try:
+                rows.append(item.build())
+            except Exception:  # a bug in one builder must not lose the whole batch
+                log.exception("could not build trace %s; it is not stored", item.trace_id)
+                self.failed += 1
+        self._insert_with_retry(rows)
+        for item in items:
+            self._pending.discard(item.trace_id)
+        with self._done:
+            self._settled += len(items)
+            self._done.notify_all()
+
+    def _insert_with_retry(self, rows: list[Trace]) -> None:
+        for attempt in range(5):
+            try:
+                self.store.write_traces(rows)
+            except SQLAlchemyError as err:
+                log.warning(
+                    "trace batch of %d failed (attempt %d): %s", len(rows), attempt + 1, err
+                )
+                time.sleep(0.05 * 2**attempt)
+                continue
+            self.written += len(rows)
+            if self.on_written is not None:
+                self.on_written(rows)
+            return
+        self.failed += len(rows)
+        log.error("lost %d traces after 5 failed writes to %s", len(rows), self.store.url)
