@@ -126,16 +126,19 @@ class TraceStore:
 
     def add_feedback(self, fb: Feedback) -> None:
         """Commit one feedback row; when this returns, it is durable. The trace must exist."""
-        with self.engine.begin() as conn:
-            found = conn.execute(
-                select(t.traces.c.trace_id).where(t.traces.c.trace_id == fb.trace_id)
-            ).first()
-            if found is None:
-                raise UnknownTraceError(
-                    f"no trace with id {fb.trace_id!r}; use the x-ownlm-trace-id header of a "
-                    "response from this gateway"
-                )
-            conn.execute(insert(t.feedback).values(**dataclasses.asdict(fb)))
+        try:
+            with self.engine.begin() as conn:
+                found = conn.execute(
+                    select(t.traces.c.trace_id).where(t.traces.c.trace_id == fb.trace_id)
+                ).first()
+                if found is None:
+                    raise UnknownTraceError(
+                        f"no trace with id {fb.trace_id!r}; use the x-ownlm-trace-id header of "
+                        "a response from this gateway"
+                    )
+                conn.execute(insert(t.feedback).values(**dataclasses.asdict(fb)))
+        except SQLAlchemyError as err:
+            raise StoreError(f"feedback for trace {fb.trace_id} not stored: {err}") from err
 
     def list_feedback(self, trace_id: str | None = None) -> list[Feedback]:
         """Feedback rows, oldest first, optionally for one trace."""
@@ -183,9 +186,12 @@ class TraceStore:
             .where(tr.c.experiment == experiment, tr.c.arm.is_not(None))
             .group_by(tr.c.arm)
         )
-        with self.engine.connect() as conn:
-            counts = {arm: (int(n), float(c)) for arm, n, c in conn.execute(traced)}
-            feedback = {r[0]: r[1:] for r in conn.execute(rated)}
+        try:
+            with self.engine.connect() as conn:
+                counts = {arm: (int(n), float(c)) for arm, n, c in conn.execute(traced)}
+                feedback = {r[0]: r[1:] for r in conn.execute(rated)}
+        except SQLAlchemyError as err:
+            raise StoreError(f"cannot read arm stats of {experiment!r}: {err}") from err
         out = []
         for arm in sorted(counts):
             n, cost = counts[arm]

@@ -76,6 +76,11 @@ class TraceWriter:
         if len(self._queue) >= self.max_batch:
             self._wake.set()
 
+    @property
+    def queued(self) -> int:
+        """Traces waiting in the queue."""
+        return len(self._queue)
+
     def is_pending(self, trace_id: str) -> bool:
         """True while the trace is queued and not yet committed."""
         return trace_id in self._pending

@@ -1,0 +1,368 @@
+"""The gateway ASGI app: one async function per OpenAI endpoint, read top to bottom.
+
+Each endpoint: parse the body → authenticate → router.decide → call upstream (retries, then
+fallbacks) → stream or return → record(trace). Recording only queues the trace; parsing the
+reply, counting tokens and cost, and the insert happen in the store's writer thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ownlm.errors import StoreError
+from ownlm.gateway import admin
+from ownlm.gateway.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+    send_error,
+    send_json,
+)
+from ownlm.gateway.auth import KeyRing
+from ownlm.gateway.cache import ReplyCache, cache_key
+from ownlm.gateway.config import GatewayConfig
+from ownlm.gateway.tracing import PendingTrace, request_labels
+from ownlm.gateway.upstream import (
+    OpenAIHTTPUpstream,
+    UpstreamClient,
+    UpstreamResponse,
+    UpstreamStream,
+    UpstreamUnavailable,
+)
+from ownlm.gateway.wire import (
+    WireError,
+    check_chat_request,
+    check_embeddings_request,
+    parse_json_object,
+    prompt_text,
+)
+from ownlm.router.policy import Decision, Router, RouteRequest
+from ownlm.store.trace_store import TraceStore, UnknownTraceError
+from ownlm.store.writer import TraceWriter
+
+log = logging.getLogger("ownlm.gateway")
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+def build_upstreams(cfg: GatewayConfig) -> dict[str, UpstreamClient]:
+    """One client per configured upstream."""
+    out: dict[str, UpstreamClient] = {}
+    for name, up in cfg.upstreams.items():
+        if up.kind == "openai":
+            out[name] = OpenAIHTTPUpstream(name, up)
+        else:
+            from ownlm.gateway.local import LocalModelUpstream
+
+            out[name] = LocalModelUpstream(name, up)
+    return out
+
+
+class Gateway:
+    """The ASGI app. Endpoints are methods so they share the config, store and key ring."""
+
+    def __init__(self, cfg: GatewayConfig, upstreams: dict[str, UpstreamClient] | None = None):
+        self.cfg = cfg
+        self.router = Router(cfg.router, known_variants=list(cfg.models))
+        self.aliases = sorted(set(cfg.models) | set(cfg.router.routes))
+        self.upstreams = upstreams if upstreams is not None else build_upstreams(cfg)
+        self.keys = KeyRing(admin.admin_sha256(cfg))
+        self.cache = ReplyCache(cfg.cache_max_entries, cfg.cache_ttl_s)
+        self.store: TraceStore | None = None
+        self.writer: TraceWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.routes = {
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/embeddings"): self.embeddings,
+            ("POST", "/v1/feedback"): self.feedback,
+            ("GET", "/v1/models"): self.list_models,
+            ("GET", "/health"): self.health,
+            **admin.routes(self),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        handler = self.routes.get((scope["method"], scope["path"]))
+        try:
+            if handler is None:
+                raise WireError(
+                    404, f"no endpoint {scope['method']} {scope['path']}", code="unknown_url"
+                )
+            await handler(scope, receive, send)
+        except WireError as err:
+            await send_error(send, err)
+        except ClientGone:
+            return
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/chat/completions, whole or streamed."""
+        t0 = time.perf_counter()
+        headers = dict(scope["headers"])
+        body = parse_json_object(await read_body(receive, headers, self.cfg.max_body_bytes))
+        check_chat_request(body)
+        key_id = self.authenticate(headers)
+        alias = self.check_alias(body["model"])
+        user, session, tags, metadata = request_labels(body, headers)
+        messages = body["messages"]
+        text = prompt_text(messages)
+        req = RouteRequest(alias, user, metadata, len(text) // 4, len(messages), text)
+        decision = await self.decide(req)
+        trace = PendingTrace(t0, "chat.completions", alias, body, decision, key_id, user, session)
+        trace.tags, trace.metadata = tags, metadata
+        tid = [(b"x-ownlm-trace-id", trace.trace_id.encode())]
+        stream = body.get("stream") is True
+        wants_cache = headers.get(b"x-ownlm-cache", b"").lower() in (b"1", b"true")
+        ckey = None
+        if not stream and (wants_cache or self.cfg.models[decision.variant].cache):
+            ckey = cache_key(decision.variant, body)
+            hit = self.cache.get(ckey)
+            if hit is not None:
+                self.set_target(trace, decision.variant)
+                trace.finish(200, hit, cache_hit=True)
+                await send_bytes(send, 200, hit, tid)
+                self.record(trace)
+                return
+        try:
+            reply = await self.call_upstream(decision.variant, body, stream, trace)
+        except UpstreamUnavailable as err:
+            trace.finish(err.status, b"", error=err.message)
+            self.record(trace)
+            await send_error(send, WireError(err.status, err.message, type_="upstream_error"), tid)
+            return
+        if isinstance(reply, UpstreamResponse):
+            trace.finish(reply.status, reply.body)
+            await send_bytes(send, reply.status, reply.body, tid, reply.content_type.encode())
+            if ckey is not None and reply.status == 200:
+                self.cache.put(ckey, reply.body)
+            self.record(trace)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + tid})
+        chunks: list[bytes] = []
+        error = None
+        try:
+            async for chunk in reply:
+                if not chunks:
+                    trace.ttft_ms = (time.perf_counter() - t0) * 1000.0
+                chunks.append(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamUnavailable as err:
+            error = err.message
+        finally:
+            await reply.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        trace.finish(200, chunks, error=error)
+        self.record(trace)
+
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/embeddings, passed through to the model's upstream."""
+        t0 = time.perf_counter()
+        headers = dict(scope["headers"])
+        body = parse_json_object(await read_body(receive, headers, self.cfg.max_body_bytes))
+        check_embeddings_request(body)
+        key_id = self.authenticate(headers)
+        alias = body["model"]
+        if alias not in self.cfg.models:
+            raise self.unknown_model(alias, sorted(self.cfg.models))
+        user, session, tags, metadata = request_labels(body, headers)
+        decision = Decision(alias, "embeddings: passed through")
+        trace = PendingTrace(t0, "embeddings", alias, body, decision, key_id, user, session)
+        trace.tags, trace.metadata = tags, metadata
+        tid = [(b"x-ownlm-trace-id", trace.trace_id.encode())]
+        entry = self.cfg.models[alias]
+        self.set_target(trace, alias)
+        try:
+            reply = await self.upstreams[entry.upstream].embeddings(
+                {**body, "model": entry.model or alias}
+            )
+        except UpstreamUnavailable as err:
+            trace.finish(err.status, b"", error=err.message)
+            self.record(trace)
+            await send_error(send, WireError(err.status, err.message, type_="upstream_error"), tid)
+            return
+        trace.finish(reply.status, reply.body)
+        await send_bytes(send, reply.status, reply.body, tid, reply.content_type.encode())
+        self.record(trace)
+
+    async def feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/feedback: answered only after the feedback row is durably committed."""
+        headers = dict(scope["headers"])
+        body = parse_json_object(await read_body(receive, headers, self.cfg.max_body_bytes))
+        fb = admin.parse_feedback(body)
+        key_id = self.authenticate(headers)
+        fb.key_id = key_id
+        assert self.writer is not None
+        try:
+            await asyncio.to_thread(self.writer.add_feedback, fb)
+        except UnknownTraceError as err:
+            raise WireError(404, str(err), param="trace_id", code="trace_not_found") from None
+        except StoreError as err:
+            raise WireError(
+                503, f"feedback not stored: {err}; retry", type_="server_error"
+            ) from err
+        await send_json(
+            send, 200, {"id": fb.feedback_id, "object": "feedback", "trace_id": fb.trace_id}
+        )
+
+    async def list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /v1/models: the names clients may send."""
+        self.authenticate(dict(scope["headers"]))
+        data = [
+            {"id": a, "object": "model", "created": 0, "owned_by": "ownlm"} for a in self.aliases
+        ]
+        await send_json(send, 200, {"object": "list", "data": data})
+
+    async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /health: liveness plus the trace writer's counters."""
+        w = self.writer
+        stats = {"queued": 0, "written": 0, "dropped": 0, "failed": 0}
+        if w is not None:
+            stats = {"queued": w.queued, "written": w.written}
+            stats.update(dropped=w.dropped, failed=w.failed)
+        await send_json(send, 200, {"status": "ok", "traces": stats})
+
+    # -- steps shared by the endpoints -------------------------------------------------------
+
+    def authenticate(self, headers: dict[bytes, bytes]) -> str | None:
+        """The caller's key id (None when keys are not required), or a 401/429 WireError."""
+        if not self.cfg.require_keys:
+            return None
+        return self.keys.check(headers.get(b"authorization"))
+
+    def check_alias(self, alias: str) -> str:
+        """The alias if the gateway serves it, else a 404 listing the ones it does."""
+        if alias in self.cfg.models or alias in self.cfg.router.routes:
+            return alias
+        raise self.unknown_model(alias, self.aliases)
+
+    @staticmethod
+    def unknown_model(alias: str, known: list[str]) -> WireError:
+        return WireError(
+            404,
+            f"model '{alias[:100]}' is not served here; known models: {', '.join(known)}",
+            param="model",
+            code="model_not_found",
+        )
+
+    async def decide(self, req: RouteRequest) -> Decision:
+        """The router's decision; off the event loop when it has to embed the text."""
+        if self.router.uses_embeddings:
+            return await asyncio.to_thread(self.router.decide, req)
+        return self.router.decide(req)
+
+    def set_target(self, trace: PendingTrace, name: str) -> None:
+        m = self.cfg.models[name]
+        trace.variant = name
+        trace.upstream = m.upstream
+        trace.upstream_model = m.model or name
+        trace.price_in = m.price_in_usd_per_mtok
+        trace.price_out = m.price_out_usd_per_mtok
+
+    async def call_upstream(
+        self, variant: str, body: dict[str, Any], stream: bool, trace: PendingTrace
+    ) -> UpstreamResponse | UpstreamStream:
+        """Try the variant, then its fallbacks; each with retries on 429, 5xx and no answer."""
+        last: UpstreamResponse | UpstreamUnavailable | None = None
+        for name in (variant, *self.cfg.models[variant].fallbacks):
+            m = self.cfg.models[name]
+            up_cfg = self.cfg.upstreams[m.upstream]
+            upstream = self.upstreams[m.upstream]
+            self.set_target(trace, name)
+            forward = {**body, "model": m.model or name}
+            for attempt in range(up_cfg.max_retries + 1):
+                if attempt:
+                    await asyncio.sleep(up_cfg.retry_backoff_s * 2 ** (attempt - 1))
+                try:
+                    reply = await upstream.chat(forward, stream=stream)
+                except UpstreamUnavailable as err:
+                    last = err
+                    continue
+                if isinstance(reply, UpstreamResponse) and (
+                    reply.status == 429 or reply.status >= 500
+                ):
+                    last = reply
+                    continue
+                return reply
+        if isinstance(last, UpstreamUnavailable):
+            raise last
+        assert last is not None
+        return last
+
+    def record(self, trace: PendingTrace) -> None:
+        assert self.writer is not None
+        self.writer.record(trace)
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as err:  # reported to the server, which stops with it
+                    log.exception("gateway failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(err)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def start(self) -> None:
+        """Open the store, start the writer, load keys, connect upstreams, start refreshers."""
+        self.store = await asyncio.to_thread(TraceStore, self.cfg.store_url)
+        self.writer = TraceWriter(
+            self.store,
+            flush_interval_ms=self.cfg.flush_interval_ms,
+            max_batch=self.cfg.max_batch,
+            max_queue=self.cfg.max_queue,
+            on_written=self._count_spend,
+        )
+        await asyncio.to_thread(admin.load_keys, self)
+        for up in self.upstreams.values():
+            await up.start()
+        if self.cfg.router.experiments:
+            self._tasks.append(asyncio.create_task(self._refresh_arm_stats()))
+
+    async def stop(self) -> None:
+        """Stop refreshers, close upstreams, write every queued trace, close the store."""
+        for task in self._tasks:
+            task.cancel()
+        for up in self.upstreams.values():
+            await up.close()
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
+        if self.store is not None:
+            self.store.close()
+
+    def _count_spend(self, rows: list[Any]) -> None:
+        for row in rows:
+            if row.key_id is not None and row.cost_usd:
+                self.keys.add_spend(row.key_id, row.cost_usd)
+
+    async def _refresh_arm_stats(self) -> None:
+        assert self.store is not None
+        store = self.store
+        while True:
+            await asyncio.sleep(self.cfg.arm_stats_interval_s)
+            try:
+                stats = []
+                for name in self.cfg.router.experiments:
+                    stats.extend(await asyncio.to_thread(store.arm_stats, name))
+            except StoreError as err:
+                log.warning("arm stats not refreshed: %s", err)
+                continue
+            self.router.update_arm_stats(stats)

@@ -1,0 +1,87 @@
+"""Raw ASGI plumbing the endpoints share: read a bounded body, send JSON, send an OpenAI error."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from ownlm.gateway.wire import WireError, error_body
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_TYPE = (b"content-type", b"application/json")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    """The whole request body; 413 as soon as it is known to pass `limit` bytes."""
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    msg = await receive()
+    if msg["type"] == "http.disconnect":
+        raise ClientGone
+    body: bytes = msg.get("body", b"")
+    if not msg.get("more_body", False):
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        parts.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(parts)
+
+
+def _too_large(size: int, limit: int) -> WireError:
+    return WireError(
+        413,
+        f"request body of {size} bytes is over the gateway's limit of {limit} bytes; "
+        "send less, or raise max_body_bytes in ownlm.yaml",
+        code="request_too_large",
+    )
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
+) -> None:
+    """A whole response in two ASGI messages."""
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra_headers:
+        headers.extend(extra_headers)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, obj: Any) -> None:
+    """`obj` as a JSON response."""
+    await send_bytes(send, status, orjson.dumps(obj))
+
+
+async def send_error(
+    send: Send, err: WireError, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A WireError in the OpenAI error shape."""
+    body = error_body(err.message, err.type, err.param, err.code)
+    await send_bytes(send, err.status, body, [*err.headers, *(extra_headers or [])])

@@ -1,0 +1,130 @@
+"""API keys on the request path: lookup by sha256, per-key token bucket, spend budget.
+
+Keys live in memory (loaded from the store and the config at start, added when the admin
+creates one), so checking a key costs one sha256 and a dict lookup, no I/O. Spend comes from the
+traces the writer has committed (`add_spend`), so a budget can be overrun by the requests in
+flight during one writer interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from ownlm.gateway.wire import WireError
+from ownlm.store.schema import ApiKey
+
+
+@dataclass
+class KeyState:
+    """A key's limits and its live counters."""
+
+    key: ApiKey
+    tokens: float
+    last_s: float
+    spent_usd: float = 0.0
+
+
+ADMIN_ID = "admin"
+
+
+class KeyRing:
+    """All keys the gateway accepts, by sha256 of the secret."""
+
+    def __init__(self, admin_sha256: str | None) -> None:
+        self.admin_sha256 = admin_sha256
+        self._by_hash: dict[str, KeyState] = {}
+        self._by_id: dict[str, KeyState] = {}
+        self._hash_of_secret: dict[str, str] = {}  # memo: secrets seen -> their hash
+
+    def add(self, key: ApiKey, spent_usd: float = 0.0) -> None:
+        """Accept this key from now on (replacing one with the same id)."""
+        state = KeyState(key, float(key.burst), time.monotonic(), spent_usd)
+        self._by_hash[key.key_sha256] = state
+        self._by_id[key.key_id] = state
+
+    def disable(self, key_id: str) -> None:
+        """Stop accepting this key."""
+        state = self._by_id.get(key_id)
+        if state is not None:
+            state.key.disabled = True
+
+    def add_spend(self, key_id: str, cost_usd: float) -> None:
+        """Count committed cost against the key's budget."""
+        state = self._by_id.get(key_id)
+        if state is not None:
+            state.spent_usd += cost_usd
+
+    def keys(self) -> list[KeyState]:
+        """Every key, in the order added."""
+        return list(self._by_id.values())
+
+    def _hash(self, secret: str) -> str:
+        h = self._hash_of_secret.get(secret)
+        if h is None:
+            h = hashlib.sha256(secret.encode()).hexdigest()
+            if len(self._hash_of_secret) < 100_000:
+                self._hash_of_secret[secret] = h
+        return h
+
+    def is_admin(self, authorization: bytes | None) -> bool:
+        """True when the header carries the admin key."""
+        secret = _bearer(authorization)
+        return bool(secret and self.admin_sha256 and self._hash(secret) == self.admin_sha256)
+
+    def check(self, authorization: bytes | None) -> str:
+        """The key id allowed to make this request, or a WireError (401 or 429)."""
+        secret = _bearer(authorization)
+        if not secret:
+            raise WireError(
+                401,
+                "no API key: send 'Authorization: Bearer <key>' (ask the gateway admin for a key)",
+                type_="authentication_error",
+                code="invalid_api_key",
+            )
+        h = self._hash(secret)
+        if h == self.admin_sha256:
+            return ADMIN_ID
+        state = self._by_hash.get(h)
+        if state is None or state.key.disabled:
+            raise WireError(
+                401,
+                f"invalid API key ending in '{secret[-4:]}'; check the key or ask the admin",
+                type_="authentication_error",
+                code="invalid_api_key",
+            )
+        key = state.key
+        if key.budget_usd is not None and state.spent_usd >= key.budget_usd:
+            raise WireError(
+                429,
+                f"key '{key.name}' spent ${state.spent_usd:.4f} of its ${key.budget_usd:.4f} "
+                "budget; ask the admin to raise it",
+                type_="insufficient_quota",
+                code="insufficient_quota",
+            )
+        now = time.monotonic()
+        tokens = min(float(key.burst), state.tokens + (now - state.last_s) * key.rate_per_s)
+        state.last_s = now
+        if tokens < 1.0:
+            state.tokens = tokens
+            wait_s = (1.0 - tokens) / key.rate_per_s
+            raise WireError(
+                429,
+                f"key '{key.name}' is over its rate limit of {key.rate_per_s:g} requests/s "
+                f"(burst {key.burst}); retry in {wait_s:.2f} s",
+                type_="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers=[(b"retry-after", f"{max(wait_s, 0.001):.3f}".encode())],
+            )
+        state.tokens = tokens - 1.0
+        return key.key_id
+
+
+def _bearer(authorization: bytes | None) -> str:
+    if not authorization:
+        return ""
+    text = authorization.decode("latin-1").strip()
+    if text[:7].lower() == "bearer ":
+        return text[7:].strip()
+    return ""

@@ -1,0 +1,95 @@
+"""GatewayConfig: the `ownlm.yaml` file that `ownlm serve` reads (example: examples/ownlm.yaml).
+
+Upstreams are servers; models are the names clients send (and the variants the router picks),
+each mapped to an upstream, the upstream's model name, a price and fallbacks.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ownlm.config import Config
+from ownlm.router.policy import RouterConfig
+
+
+class UpstreamConfig(Config):
+    """A server that answers chat requests."""
+
+    kind: Literal["openai", "local"] = "openai"
+    base_url: str = Field("", description="e.g. https://api.openai.com/v1 (kind openai)")
+    api_key_env: str | None = Field(None, description="env var holding the upstream's API key")
+    timeout_s: float = Field(60.0, gt=0, description="whole reply; for streams, between chunks")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_retries: int = Field(1, ge=0, description="extra tries on connect errors, 429 and 5xx")
+    retry_backoff_s: float = Field(0.05, ge=0)
+    max_connections: int = Field(1000, ge=1)
+    model_path: str | None = Field(None, description="kind local: model dir or 'smollm2'")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> UpstreamConfig:
+        if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        return self
+
+
+class ModelConfig(Config):
+    """A model name clients may send and the router may pick (a variant)."""
+
+    upstream: str
+    model: str | None = Field(None, description="name sent upstream; default: this entry's name")
+    fallbacks: list[str] = Field(default_factory=list, description="models tried on failure")
+    cache: bool = Field(False, description="exact-match cache for every request to this model")
+    price_in_usd_per_mtok: float = Field(0.0, ge=0)
+    price_out_usd_per_mtok: float = Field(0.0, ge=0)
+
+
+class KeyConfig(Config):
+    """A static API key from the config file (created keys live in the store)."""
+
+    name: str
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    rate_per_s: float = Field(50.0, gt=0)
+    burst: int = Field(100, ge=1)
+    budget_usd: float | None = Field(None, ge=0)
+
+
+class GatewayConfig(Config):
+    """Everything `ownlm serve` needs."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8400, ge=0, le=65535)
+    store_url: str = "sqlite:///ownlm.db"
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    require_keys: bool = Field(True, description="false: anyone may call /v1 (local use)")
+    admin_key_env: str = Field("OWNLM_ADMIN_KEY", description="env var holding the admin key")
+    admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    keys: list[KeyConfig] = Field(default_factory=list)
+    default_rate_per_s: float = Field(50.0, gt=0, description="for keys created by the admin")
+    default_burst: int = Field(100, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    cache_max_entries: int = Field(10_000, ge=0)
+    cache_ttl_s: float = Field(3600.0, gt=0)
+    flush_interval_ms: float = Field(100.0, gt=0, description="trace writer batch interval")
+    max_batch: int = Field(500, ge=1)
+    max_queue: int = Field(20_000, ge=1, description="traces waiting beyond this are dropped")
+    arm_stats_interval_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> GatewayConfig:
+        problems = []
+        for name, m in self.models.items():
+            if m.upstream not in self.upstreams:
+                problems.append(
+                    f"models.{name}.upstream '{m.upstream}' is not defined in upstreams "
+                    f"(known: {sorted(self.upstreams)})"
+                )
+            for fb in m.fallbacks:
+                if fb not in self.models or fb == name:
+                    problems.append(f"models.{name}.fallbacks names '{fb}', not another model")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

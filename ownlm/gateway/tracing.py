@@ -1,0 +1,152 @@
+"""What the request path hands to the trace writer: a `PendingTrace`, built into a `Trace` later.
+
+The request path only fills in fields it already has (ids, times, the decision, raw reply
+bytes). `build()` runs in the store's writer thread: it parses the reply (reassembling SSE
+streams), reads the token usage and prices it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import orjson
+
+from ownlm.gateway.wire import reassemble_stream, usage_tokens
+from ownlm.router.policy import Decision
+from ownlm.store.schema import Trace
+
+
+def request_labels(
+    body: dict[str, Any], headers: dict[bytes, bytes]
+) -> tuple[str | None, str | None, list[str], dict[str, str]]:
+    """(user, session, tags, metadata) from the body's `user`/`metadata` and x-ownlm-* headers.
+
+    Headers: `x-ownlm-user`, `x-ownlm-session`, `x-ownlm-tags: a,b`, `x-ownlm-tag-<key>: value`
+    (added to metadata). Metadata keys `session_id` and `tags` (comma list) are read too.
+    """
+    raw_meta = body.get("metadata")
+    metadata: dict[str, str] = dict(raw_meta) if isinstance(raw_meta, dict) else {}
+    tags: list[str] = []
+    user = body.get("user") if isinstance(body.get("user"), str) else None
+    session = metadata.get("session_id")
+    for name, value in headers.items():
+        if not name.startswith(b"x-ownlm-"):
+            continue
+        text = value.decode("latin-1")
+        if name == b"x-ownlm-user":
+            user = user or text
+        elif name == b"x-ownlm-session":
+            session = text
+        elif name == b"x-ownlm-tags":
+            tags.extend(t.strip() for t in text.split(",") if t.strip())
+        elif name.startswith(b"x-ownlm-tag-"):
+            metadata[name[12:].decode("latin-1")] = text
+    if "tags" in metadata:
+        tags.extend(t.strip() for t in metadata["tags"].split(",") if t.strip())
+    return user, session, tags, metadata
+
+
+class PendingTrace:
+    """A trace in the making; `build()` turns it into a `Trace` row (in the writer thread)."""
+
+    def __init__(
+        self,
+        t0: float,
+        endpoint: str,
+        alias: str,
+        body: dict[str, Any],
+        decision: Decision,
+        key_id: str | None,
+        user: str | None,
+        session: str | None,
+    ) -> None:
+        self.trace_id = os.urandom(16).hex()
+        self.created_at = time.time()
+        self.t0 = t0
+        self.endpoint = endpoint
+        self.alias = alias
+        self.body = body
+        self.decision = decision
+        self.key_id = key_id
+        self.user = user
+        self.session = session
+        self.tags: list[str] = []
+        self.metadata: dict[str, str] = {}
+        self.variant = decision.variant
+        self.upstream = ""
+        self.upstream_model = ""
+        self.price_in = 0.0
+        self.price_out = 0.0
+        self.ttft_ms: float | None = None
+        self.latency_ms = 0.0
+        self.status = 0
+        self.reply: bytes | list[bytes] = b""
+        self.error: str | None = None
+        self.cache_hit = False
+
+    def finish(
+        self,
+        status: int,
+        reply: bytes | list[bytes],
+        *,
+        error: str | None = None,
+        cache_hit: bool = False,
+    ) -> None:
+        """Note the reply (bytes, or the list of SSE chunks of a stream) and the latency."""
+        self.latency_ms = (time.perf_counter() - self.t0) * 1000.0
+        self.status = status
+        self.reply = reply
+        self.error = error
+        self.cache_hit = cache_hit
+
+    def build(self) -> Trace:
+        """Parse the reply, count tokens, price them: the row the store writes."""
+        stream = isinstance(self.reply, list)
+        response: dict[str, Any] | None = None
+        if isinstance(self.reply, list):
+            response = reassemble_stream(b"".join(self.reply))
+        elif self.reply:
+            try:
+                parsed = orjson.loads(self.reply)
+            except orjson.JSONDecodeError:
+                parsed = {"raw": self.reply[:10_000].decode("utf-8", "replace")}
+            response = parsed if isinstance(parsed, dict) else {"raw": parsed}
+        error = self.error
+        if error is None and self.status >= 400 and response is not None:
+            err = response.get("error")
+            error = str(err.get("message") if isinstance(err, dict) else err)
+        prompt, completion = (0, 0) if self.cache_hit else usage_tokens(response)
+        if self.endpoint == "embeddings":
+            response = {"usage": response.get("usage")} if response else None  # vectors: no
+        cost = (prompt * self.price_in + completion * self.price_out) / 1e6
+        d = self.decision
+        return Trace(
+            trace_id=self.trace_id,
+            created_at=self.created_at,
+            endpoint=self.endpoint,
+            alias=self.alias,
+            variant=self.variant,
+            upstream=self.upstream,
+            upstream_model=self.upstream_model,
+            request=self.body,
+            response=response,
+            status=self.status,
+            error=error,
+            stream=stream,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=self.latency_ms,
+            ttft_ms=self.ttft_ms,
+            cost_usd=cost,
+            user=self.user,
+            session=self.session,
+            tags=self.tags,
+            metadata=self.metadata,
+            key_id=self.key_id,
+            cache_hit=self.cache_hit,
+            reason=d.reason,
+            experiment=d.experiment,
+            arm=d.arm,
+        )
