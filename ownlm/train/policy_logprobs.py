@@ -27,24 +27,35 @@ def pad_prompts_left(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Te
 
 
 def token_logprobs(
-    hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, chunk_rows: int | None
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
-    """log_softmax(lm_head(hidden))[target] for hidden (N, H), targets (N,); -> (N,).
+    """log_softmax(lm_head(hidden) / temperature)[target] for hidden (N, H), targets (N,): (N,).
 
     With chunk_rows, the vocabulary-sized logits exist for only chunk_rows rows at a time
     (recomputed in backward), which bounds memory at the cost of one more head matmul.
     """
     if chunk_rows is None or hidden.shape[0] <= chunk_rows:
-        return _head_logprobs(hidden, lm_head, targets)
+        return _head_logprobs(hidden, lm_head, targets, temperature)
     parts = [
-        torch.utils.checkpoint.checkpoint(_head_logprobs, h, lm_head, t, use_reentrant=False)
+        torch.utils.checkpoint.checkpoint(
+            _head_logprobs, h, lm_head, t, temperature, use_reentrant=False
+        )
         for h, t in zip(hidden.split(chunk_rows), targets.split(chunk_rows), strict=True)
     ]
     return torch.cat(parts)
 
 
-def _head_logprobs(h: torch.Tensor, lm_head: torch.nn.Module, t: torch.Tensor) -> torch.Tensor:
+def _head_logprobs(
+    h: torch.Tensor, lm_head: torch.nn.Module, t: torch.Tensor, temperature: float
+) -> torch.Tensor:
     logits = lm_head(h).float()  # (N, V)
+    if temperature != 1.0:
+        logits = logits / temperature
     return logits.gather(1, t.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=1)
 
 
@@ -56,9 +67,12 @@ def completion_logprobs(
     n: int,
     *,
     pad_id: int,
+    temperature: float = 1.0,
     chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """log p of each completion token under `model`, (P*n, T); 0 where mask is False.
+
+    With temperature, the logits are divided by it first (the policy the sampler drew from).
 
     prompt_ids: P unpadded prompts; tokens, mask: (P*n, T) completions, prompt-major (row i
     belongs to prompt i // n), right-padded. Gradients flow to the model's parameters.
@@ -99,6 +113,8 @@ def completion_logprobs(
 
     # 3. the LM head only where a token counts
     keep = mask.bool()
-    picked = token_logprobs(hidden[keep], lm_head, tokens[keep], chunk_rows)
+    picked = token_logprobs(
+        hidden[keep], lm_head, tokens[keep], temperature=temperature, chunk_rows=chunk_rows
+    )
     logp = torch.zeros(tokens.shape, dtype=picked.dtype, device=device)
     return logp.masked_scatter(keep, picked)
