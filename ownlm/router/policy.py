@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from ownlm.config import Config
 from ownlm.errors import ConfigError
@@ -32,7 +33,27 @@ from ownlm.router.experiments import Experiment, ExperimentConfig
 
 if TYPE_CHECKING:
     from ownlm.router.classifier import DifficultyScorer
+    from ownlm.router.embed import Embedder
     from ownlm.store.schema import ArmStats
+
+
+def route_text(messages: list[dict[str, Any]]) -> str:
+    """The text the difficulty classifier scores: the last user message (text parts joined)."""
+    for msg in reversed(messages):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "\n".join(
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict)
+                    and p.get("type") == "text"
+                    and isinstance(p.get("text"), str)
+                )
+            return ""
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +159,15 @@ class RouterConfig(Config):
         default_factory=list,
         description="variants rules may name; if empty, Router(cfg, known_variants=...) checks",
     )
-    routes: dict[str, RouteConfig] = Field(default_factory=dict)
     experiments: dict[str, ExperimentConfig] = Field(default_factory=dict)
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
     embedding_cache_size: int = Field(4096, ge=0)
 
     @model_validator(mode="after")
     def _check_names(self) -> RouterConfig:
         problems = unknown_names(self, self.variants or None)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise PydanticCustomError("unknown_name", "; ".join(problems))
         return self
 
 
@@ -212,12 +233,22 @@ def compile_match(m: Match) -> Callable[[RouteRequest], bool] | None:
 class Router:
     """Decides the variant for each request from a RouterConfig."""
 
-    def __init__(self, cfg: RouterConfig, known_variants: Collection[str] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RouterConfig,
+        known_variants: Collection[str] | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        """Compile cfg's routes; known_variants: the gateway's variant names, checked if given.
+
+        A difficulty policy loads the embedding model (seconds) unless `embedder` is given.
+        """
         problems = unknown_names(cfg, known_variants) if known_variants is not None else []
         if problems:
             raise ConfigError("router: " + "; ".join(problems))
         self.cfg = cfg
         self.experiments = {name: Experiment(name, e) for name, e in cfg.experiments.items()}
+        self._embedder = embedder
         self._scorers: dict[str, DifficultyScorer] = {}
         self._routes: dict[str, tuple[tuple[Step, ...], Decision]] = {}
         for alias, route in cfg.routes.items():
@@ -272,11 +303,15 @@ class Router:
     def _compile_difficulty(
         self, label: str, pol: DifficultyPolicy, matches: Callable[[RouteRequest], bool] | None
     ) -> Step:
-        from ownlm.router.classifier import load_scorer
+        from ownlm.router.classifier import DifficultyScorer, read_classifier
+        from ownlm.router.embed import TextEmbedder
 
         scorer = self._scorers.get(pol.classifier)
         if scorer is None:
-            scorer = load_scorer(pol.classifier, cache_size=self.cfg.embedding_cache_size)
+            weight, bias, max_length = read_classifier(pol.classifier)
+            if self._embedder is None:
+                self._embedder = TextEmbedder(max_length, self.cfg.embedding_cache_size)
+            scorer = DifficultyScorer(self._embedder, weight, bias)
             self._scorers[pol.classifier] = scorer
         threshold, variant = pol.threshold, pol.variant
 

