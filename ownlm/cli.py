@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "ownlm.router.classifier", "ClassifierTrainConfig", "train_classifier",
         "train the difficulty classifier from labelled traces",
     ),
+    "router labels": (
+        "ownlm.router.difficulty_set", "DifficultySetConfig", "write_difficulty_set",
+        "write an offline easy/hard labelled set from reasoning-gym",
+    ),
 }
 
 
