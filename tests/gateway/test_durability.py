@@ -112,6 +112,8 @@ def test_kill_9_keeps_acknowledged_feedback(mock_upstream: Any, tmp_path: Path) 
                 )
                 tid = headers["x-ownlm-trace-id"]
                 replied.append((tid, time.monotonic()))
+                if i % 2:  # half the clients only chat: their traces wait for the writer
+                    continue
                 status, body, _ = post(f"{base}/feedback", {"trace_id": tid, "thumbs": "up"})
                 if status == 200:
                     acked.append(body["id"])
