@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -295,3 +296,15 @@ def test_rule_decide_costs_microseconds() -> None:
         r.decide(request)
     per_call_us = (time.perf_counter() - t0) / n * 1e6
     assert per_call_us < 50.0, per_call_us  # ~3 us measured; generous for a loaded machine
+
+
+def test_example_configs_load() -> None:
+    from ownlm.config import load_config
+    from ownlm.router.classifier import ClassifierTrainConfig
+    from ownlm.router.difficulty_set import DifficultySetConfig
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    cfg = load_config(RouterConfig, root / "router_policies.yaml")
+    assert [p.kind for p in cfg.routes["ownlm-auto"].policies][-2:] == ["difficulty", "experiment"]
+    assert load_config(ClassifierTrainConfig, root / "router_train.yaml").l2 == 0.001
+    assert load_config(DifficultySetConfig, root / "router_labels.yaml").per_spec == 40
