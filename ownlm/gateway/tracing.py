@@ -18,6 +18,24 @@ from ownlm.router.policy import Decision
 from ownlm.store.schema import Trace
 
 
+class _IdPool:
+    """Random trace ids from one os.urandom call per 4096 ids (a syscall per id cost 10 us)."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def next_id(self) -> str:
+        if self._pos >= len(self._pool):
+            self._pool = os.urandom(16 * 4096)
+            self._pos = 0
+        self._pos += 16
+        return self._pool[self._pos - 16 : self._pos].hex()
+
+
+new_trace_id = _IdPool().next_id
+
+
 def request_labels(
     body: dict[str, Any], headers: dict[bytes, bytes]
 ) -> tuple[str | None, str | None, list[str], dict[str, str]]:
@@ -62,7 +80,7 @@ class PendingTrace:
         user: str | None,
         session: str | None,
     ) -> None:
-        self.trace_id = os.urandom(16).hex()
+        self.trace_id = new_trace_id()
         self.created_at = time.time()
         self.t0 = t0
         self.endpoint = endpoint

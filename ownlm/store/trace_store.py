@@ -91,7 +91,8 @@ class TraceStore:
         if not rows:
             return
         with self.engine.begin() as conn:
-            conn.execute(insert(t.traces), [dataclasses.asdict(r) for r in rows])
+            # vars(), not dataclasses.asdict: asdict deep-copies request and response (10x slower)
+            conn.execute(insert(t.traces), [vars(r) for r in rows])
 
     def get_trace(self, trace_id: str) -> Trace | None:
         """The trace with this id, or None."""
