@@ -30,21 +30,25 @@ class StoreLabels(Config):
 
     url: str = Field(description="store URL, e.g. sqlite:///ownlm.db")
     variants: list[str] = Field(description="variants whose answers the feedback judges")
-    hard_below_score: float = Field(0.5, description="a feedback score below this is 'hard'")
-    max_traces: int = Field(100_000, ge=1)
+    hard_below_score: float = Field(
+        default=0.5, description="a feedback score below this is 'hard'"
+    )
+    max_traces: int = Field(default=100_000, ge=1)
 
 
 class ClassifierTrainConfig(Config):
     """`ownlm router train`: where labelled texts come from and where the classifier goes."""
 
-    data: str | None = Field(None, description="JSONL of {text, label}; or give `store`")
+    data: str | None = Field(default=None, description="JSONL of {text, label}; or give `store`")
     store: StoreLabels | None = None
     out: str = "runs/router/difficulty.safetensors"
-    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    l2: float = Field(1e-3, ge=0.0, description="ridge penalty on the weights (not the bias)")
-    max_iters: int = Field(50, ge=1)
-    max_length: int = Field(128, ge=8, le=256, description="tokens of each text embedded")
-    batch_size: int = Field(32, ge=1)
+    holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    l2: float = Field(
+        default=1e-3, ge=0.0, description="ridge penalty on the weights (not the bias)"
+    )
+    max_iters: int = Field(default=50, ge=1)
+    max_length: int = Field(default=128, ge=8, le=256, description="tokens of each text embedded")
+    batch_size: int = Field(default=32, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -68,7 +72,8 @@ class ClassifierSummary(BaseModel):
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """Logistic function, computed without overflow for large |z|."""
-    return np.exp(-np.logaddexp(0.0, -z))
+    p: np.ndarray = np.exp(-np.logaddexp(0.0, -z))
+    return p
 
 
 def fit_logistic(

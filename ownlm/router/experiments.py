@@ -36,14 +36,16 @@ class ExperimentConfig(Config):
     arms: dict[str, float] = Field(description="variant name -> share of traffic; sums to 1")
     auto_shift: bool = True
     metric: Literal["success_rate", "mean_reward"] = "success_rate"
-    alpha: float = Field(0.05, gt=0.0, le=0.5, description="false-positive rate of the test")
-    effect_sd: float = Field(
-        0.1, gt=0.0, description="sd of the mSPRT mixing prior on the reward difference"
+    alpha: float = Field(
+        default=0.05, gt=0.0, le=0.5, description="false-positive rate of the test"
     )
-    min_feedback_per_arm: int = Field(100, ge=1)
-    min_exploration: float = Field(0.05, ge=0.0, lt=0.5)
+    effect_sd: float = Field(
+        default=0.1, gt=0.0, description="sd of the mSPRT mixing prior on the reward difference"
+    )
+    min_feedback_per_arm: int = Field(default=100, ge=1)
+    min_exploration: float = Field(default=0.05, ge=0.0, lt=0.5)
     cost_penalty_per_usd: float = Field(
-        0.0, ge=0.0, description="reward units subtracted per USD of mean cost per trace"
+        default=0.0, ge=0.0, description="reward units subtracted per USD of mean cost per trace"
     )
 
     @model_validator(mode="after")

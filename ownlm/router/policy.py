@@ -85,10 +85,10 @@ class Match(Config):
     tags: dict[str, list[str]] = Field(
         default_factory=dict, description="tag key -> accepted values, e.g. {tier: [pro]}"
     )
-    min_prompt_tokens: int | None = Field(None, ge=0)
-    max_prompt_tokens: int | None = Field(None, ge=0)
-    min_messages: int | None = Field(None, ge=0)
-    max_messages: int | None = Field(None, ge=0)
+    min_prompt_tokens: int | None = Field(default=None, ge=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=0)
+    min_messages: int | None = Field(default=None, ge=0)
+    max_messages: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> Match:
@@ -118,7 +118,7 @@ class RulePolicy(Config):
 
     kind: Literal["rule"]
     name: str | None = None
-    when: Match = Field(default_factory=Match)
+    when: Match = Match()
     variant: str
 
 
@@ -127,7 +127,7 @@ class DifficultyPolicy(Config):
 
     kind: Literal["difficulty"]
     name: str | None = None
-    when: Match = Field(default_factory=Match)
+    when: Match = Match()
     classifier: str = Field(description="weights file written by `ownlm router train`")
     threshold: float = Field(ge=0.0, le=1.0)
     variant: str
@@ -138,7 +138,7 @@ class ExperimentPolicy(Config):
 
     kind: Literal["experiment"]
     name: str | None = None
-    when: Match = Field(default_factory=Match)
+    when: Match = Match()
     experiment: str
 
 
@@ -161,7 +161,7 @@ class RouterConfig(Config):
     )
     experiments: dict[str, ExperimentConfig] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
-    embedding_cache_size: int = Field(4096, ge=0)
+    embedding_cache_size: int = Field(default=4096, ge=0)
 
     @model_validator(mode="after")
     def _check_names(self) -> RouterConfig:
