@@ -123,6 +123,7 @@ class Experiment:
         self.arms: tuple[str, ...] = tuple(cfg.arms)
         self.eliminated: frozenset[str] = frozenset()
         self.summaries: tuple[ArmSummary, ...] = ()
+        self.status = ""  # what the router writes into a Decision's reason
         self._set_weights(dict(cfg.arms))
 
     def _set_weights(self, weights: dict[str, float]) -> None:
@@ -133,6 +134,9 @@ class Experiment:
             cum.append((acc, arm))
         self._cum: tuple[tuple[float, str], ...] = tuple(cum)
         self.weights = weights
+        shown = ", ".join(f"{a}={w:.2f}" for a, w in weights.items())
+        out = f"; shifted, {'/'.join(sorted(self.eliminated))} worse" if self.eliminated else ""
+        self.status = f"weights {shown}{out}"
 
     def assign(self, user: str | None) -> str:
         """Pick an arm: sticky by user, random when the request names no user."""

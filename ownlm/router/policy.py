@@ -289,13 +289,13 @@ class Router:
         if isinstance(pol, ExperimentPolicy):
             exp = self.experiments[pol.experiment]
             exp_name = pol.experiment
-            reason = f"experiment {exp_name} ({label})"
+            prefix = f"experiment {exp_name} ({label}): "
 
             def assign(req: RouteRequest) -> Decision | None:
                 if matches is not None and not matches(req):
                     return None
                 arm = exp.assign(req.user)
-                return Decision(arm, reason, exp_name, arm)
+                return Decision(arm, prefix + exp.status, exp_name, arm)
 
             return assign
         return self._compile_difficulty(label, pol, matches)

@@ -152,6 +152,9 @@ def test_router_update_arm_stats_shifts_decisions() -> None:
         "ownlm.yaml",
     )
     router = Router(cfg)
+    assert router.decide(RouteRequest("auto", "u1")).reason == (
+        "experiment e (auto[0]): weights small=0.50, small-v2=0.50"
+    )
     users = [f"u{i}" for i in range(2000)]
     before = sum(router.decide(RouteRequest("auto", u)).variant == "small-v2" for u in users)
     stats = [
@@ -161,5 +164,8 @@ def test_router_update_arm_stats_shifts_decisions() -> None:
     ]
     router.update_arm_stats(stats)
     after = sum(router.decide(RouteRequest("auto", u)).variant == "small-v2" for u in users)
+    assert router.decide(RouteRequest("auto", "u1")).reason == (
+        "experiment e (auto[0]): weights small=0.05, small-v2=0.95; shifted, small worse"
+    )
     assert 900 < before < 1100
     assert after > 1800  # 95% of 2000, minus noise
