@@ -15,6 +15,7 @@ traffic and its share goes to the arms still in the running. See docs/router.md.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ownlm.store.schema import ArmStats
 
 _HASH_SCALE = float(1 << 64)
+log = logging.getLogger(__name__)
 
 
 class ExperimentConfig(Config):
@@ -181,6 +183,13 @@ class Experiment:
         if cfg.auto_shift and eliminated != set(self.eliminated):
             self.eliminated = frozenset(eliminated)
             self._set_weights(shifted_weights(cfg.arms, self.eliminated, cfg.min_exploration))
+            log.info(
+                "experiment %s: %s (p-values %s, level %.4g)",
+                self.name,
+                self.status,
+                {a: round(p, 6) for a, p in p_values.items()},
+                level,
+            )
         self.summaries = tuple(
             ArmSummary(
                 arm=a,
