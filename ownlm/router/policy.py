@@ -162,6 +162,9 @@ class RouterConfig(Config):
     experiments: dict[str, ExperimentConfig] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     embedding_cache_size: int = Field(default=4096, ge=0)
+    embedding_threads: int = Field(
+        default=1, ge=1, description="torch threads per embedding; 1 is fastest on a busy CPU"
+    )
 
     @model_validator(mode="after")
     def _check_names(self) -> RouterConfig:
@@ -310,7 +313,11 @@ class Router:
         if scorer is None:
             weight, bias, max_length = read_classifier(pol.classifier)
             if self._embedder is None:
-                self._embedder = TextEmbedder(max_length, self.cfg.embedding_cache_size)
+                self._embedder = TextEmbedder(
+                    max_length,
+                    cache_size=self.cfg.embedding_cache_size,
+                    num_threads=self.cfg.embedding_threads,
+                )
             scorer = DifficultyScorer(self._embedder, weight, bias)
             self._scorers[pol.classifier] = scorer
         threshold, variant = pol.threshold, pol.variant

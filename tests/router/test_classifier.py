@@ -212,7 +212,10 @@ def test_real_classifier_beats_majority_on_gym_set(tmp_path: Path) -> None:
     )
     assert s.heldout_accuracy >= s.majority_accuracy + 0.15
 
-    embedder = TextEmbedder(max_length=128)
+    import torch
+
+    threads = torch.get_num_threads()
+    embedder = TextEmbedder(max_length=128, num_threads=1)
     texts = [json.loads(line)["text"] for line in data.read_text().splitlines()[::40]]
     embedder.embed_one("warm up")
     uncached_ms = []
@@ -229,3 +232,4 @@ def test_real_classifier_beats_majority_on_gym_set(tmp_path: Path) -> None:
         f"({len(texts)} texts), {cached_us:.2f} us cached"
     )
     assert cached_us < 100.0
+    assert torch.get_num_threads() == threads  # the embedder restores the caller's setting
