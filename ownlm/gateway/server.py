@@ -38,6 +38,7 @@ def uvicorn_config(app: ASGIApp, cfg: GatewayConfig) -> uvicorn.Config:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # X-Forwarded-* rewriting: a middleware layer per request
         log_level="warning",
         timeout_graceful_shutdown=10,
     )

