@@ -36,6 +36,7 @@ from ownlm.gateway.upstream import (
     UpstreamUnavailable,
 )
 from ownlm.gateway.wire import (
+    UsageEventFilter,
     WireError,
     check_chat_request,
     check_embeddings_request,
@@ -134,8 +135,16 @@ class Gateway:
                 await send_bytes(send, 200, hit, tid)
                 self.record(trace)
                 return
+        forward = body
+        hide_usage: UsageEventFilter | None = None
+        if stream:
+            opts = body.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage")):
+                # ask for usage anyway (to price the call), and hide it from the client
+                forward = {**body, "stream_options": {**(opts or {}), "include_usage": True}}
+                hide_usage = UsageEventFilter()
         try:
-            reply = await self.call_upstream(decision.variant, body, stream, trace)
+            reply = await self.call_upstream(decision.variant, forward, stream, trace)
         except UpstreamUnavailable as err:
             trace.finish(err.status, b"", error=err.message)
             self.record(trace)
@@ -156,11 +165,15 @@ class Gateway:
                 if not chunks:
                     trace.ttft_ms = (time.perf_counter() - t0) * 1000.0
                 chunks.append(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                out = chunk if hide_usage is None else hide_usage.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
         except UpstreamUnavailable as err:
             error = err.message
         finally:
             await reply.aclose()
+        if hide_usage is not None and (rest := hide_usage.flush()):
+            await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         trace.finish(200, chunks, error=error)
         self.record(trace)

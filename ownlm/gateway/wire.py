@@ -224,3 +224,36 @@ def _merge_choice(choices: dict[int, dict[str, Any]], ch: dict[str, Any]) -> Non
             call["function"]["arguments"] += fn["arguments"]
     if ch.get("finish_reason") is not None:
         acc["finish_reason"] = ch["finish_reason"]
+
+
+class UsageEventFilter:
+    """Drops usage-only SSE events (`"choices": []`) from a stream, whole events at a time.
+
+    The gateway asks every upstream stream for usage (to price it); when the client did not ask
+    for usage itself, this keeps the extra event from reaching it.
+    """
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete events of tail + chunk, minus usage-only ones; keeps the partial end."""
+        data = self._tail + chunk
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            self._tail = data
+            return b""
+        events, self._tail = data[: cut + 2], data[cut + 2 :]
+        if b'"choices":[]' not in events and b'"choices": []' not in events:
+            return events
+        kept = [
+            e + b"\n\n"
+            for e in events.split(b"\n\n")[:-1]
+            if b'"choices":[]' not in e and b'"choices": []' not in e
+        ]
+        return b"".join(kept)
+
+    def flush(self) -> bytes:
+        """Whatever is left at the end of the stream."""
+        rest, self._tail = self._tail, b""
+        return rest

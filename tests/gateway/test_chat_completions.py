@@ -116,6 +116,19 @@ def test_streamed_chat_with_usage_is_reassembled(gateway: RunningGateway) -> Non
     assert (tr.prompt_tokens, tr.completion_tokens) == (10, 5)
 
 
+def test_stream_without_usage_is_still_priced(
+    gateway: RunningGateway, mock_upstream: MockUpstream
+) -> None:
+    stream = client(gateway).chat.completions.create(model="chat", messages=MSG, stream=True)
+    chunks = list(stream)
+    assert all(c.usage is None and c.choices for c in chunks)  # the usage event is hidden
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: hello there "
+    assert mock_upstream.bodies[-1]["stream_options"] == {"include_usage": True}
+    tr = stored(gateway, stream.response.headers["x-ownlm-trace-id"])
+    assert (tr.prompt_tokens, tr.completion_tokens) == (10, 5) and tr.cost_usd > 0
+    assert "stream_options" not in tr.request  # the trace keeps what the client sent
+
+
 def test_tool_calls_plain_and_streamed(gateway: RunningGateway) -> None:
     tools = [
         {

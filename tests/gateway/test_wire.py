@@ -7,6 +7,7 @@ import pytest
 
 from ownlm.gateway.tracing import request_labels
 from ownlm.gateway.wire import (
+    UsageEventFilter,
     WireError,
     check_chat_request,
     prompt_text,
@@ -103,3 +104,14 @@ def test_prompt_text_and_labels() -> None:
     user, session, tags, meta = request_labels(body, headers)
     assert (user, session, tags) == ("u", "s", ["z", "x", "y"])
     assert meta == {"session_id": "s", "tags": "x, y", "tier": "pro", "team": "red"}
+
+
+def test_usage_event_filter_across_chunk_boundaries() -> None:
+    a = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+    u = b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n'
+    done = b"data: [DONE]\n\n"
+    raw = a + u + done
+    for cut in range(1, len(raw)):
+        f = UsageEventFilter()
+        out = f.feed(raw[:cut]) + f.feed(raw[cut:]) + f.flush()
+        assert out == a + done, cut
