@@ -123,7 +123,7 @@ def test_kill_9_keeps_acknowledged_feedback(mock_upstream: Any, tmp_path: Path) 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    time.sleep(1.0)
     os.kill(proc.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     proc.wait(10)

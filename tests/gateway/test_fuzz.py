@@ -135,7 +135,7 @@ def test_fuzzed_requests_never_5xx() -> None:
         loop.run_until_complete(gw.start())
         try:
 
-            @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+            @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
             @given(body=bodies)
             def chat(body: dict[str, Any]) -> None:
                 check_reply(
@@ -144,13 +144,13 @@ def test_fuzzed_requests_never_5xx() -> None:
                     )
                 )
 
-            @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+            @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
             @given(raw=st.binary(max_size=40) | json_values.map(lambda v: json.dumps(v).encode()))
             def raw_bytes(raw: bytes) -> None:
                 for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/feedback"):
                     check_reply(*loop.run_until_complete(call(app, path, raw)))
 
-            @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+            @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
             @given(body=feedback_bodies)
             def feedback(body: dict[str, Any]) -> None:
                 check_reply(
