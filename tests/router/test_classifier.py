@@ -212,6 +212,29 @@ def test_real_classifier_beats_majority_on_gym_set(tmp_path: Path) -> None:
     )
     assert s.heldout_accuracy >= s.majority_accuracy + 0.15
 
+    # the trained file behind a difficulty policy, with the real embedder loaded by the router
+    from ownlm.router.policy import Router, RouterConfig, RouteRequest
+
+    route = {
+        "default": "small",
+        "policies": [
+            {
+                "kind": "difficulty",
+                "classifier": str(tmp_path / "c.st"),
+                "threshold": 0.5,
+                "variant": "strong",
+            }
+        ],
+    }
+    router = Router(validate_config(RouterConfig, {"routes": {"auto": route}}, "ownlm.yaml"))
+    easy = "Solve the following multiplication: 3 * 4. Give only the result as your final answer."
+    hard = (
+        "Calculate 139 using all of these numbers: 25, 3, 7, 48, 91, 6.\n"
+        "Each number may be used at most once."
+    )
+    assert router.decide(RouteRequest("auto", None, text=easy)).variant == "small"
+    assert router.decide(RouteRequest("auto", None, text=hard)).variant == "strong"
+
     import torch
 
     threads = torch.get_num_threads()
