@@ -49,6 +49,7 @@ class ClassifierTrainConfig(Config):
     max_iters: int = Field(default=50, ge=1)
     max_length: int = Field(default=128, ge=8, le=256, description="tokens of each text embedded")
     batch_size: int = Field(default=32, ge=1)
+    num_threads: int = Field(default=1, ge=1, description="torch threads for embedding")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -233,7 +234,12 @@ def train_classifier(cfg: ClassifierTrainConfig) -> ClassifierSummary:
         raise ConfigError(
             f"the training split of {source} has one class only; lower holdout_fraction"
         )
-    embedder = TextEmbedder(max_length=cfg.max_length, cache_size=0, batch_size=cfg.batch_size)
+    embedder = TextEmbedder(
+        max_length=cfg.max_length,
+        cache_size=0,
+        batch_size=cfg.batch_size,
+        num_threads=cfg.num_threads,
+    )
     t0 = time.perf_counter()
     x = embedder.embed(texts)  # (N, 384)
     embed_ms = (time.perf_counter() - t0) * 1000.0 / len(texts)
