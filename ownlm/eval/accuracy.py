@@ -1,0 +1,182 @@
+"""Held-out accuracy of a model on an env's test split, with a 95% confidence interval.
+
+    ownlm eval --set model=runs/grpo --set n_problems=200
+    ownlm eval --set model=smollm2-135m --set enable_thinking=true --set thinking_budget_tokens=64
+
+Greedy by default. The interval is Wilson's (good at small n and near 0 or 1); `diff_ci` gives
+the interval of a gain between two evals, paired by problem when both saw the same problems.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ownlm.config import Config
+from ownlm.envs.reasoning_gym import ReasoningGymConfig, ReasoningGymEnv
+from ownlm.errors import ConfigError
+from ownlm.models.chat import encode_prompt, split_thinking
+from ownlm.models.load import load_model
+from ownlm.rollout.sampler import sample_completions
+from ownlm.rollout.types import SamplingParams
+
+
+class EvalConfig(Config):
+    """What to evaluate, on which problems, and how to sample."""
+
+    model: str = "smollm2-135m"
+    env: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig)
+    n_problems: int = Field(default=200, ge=1)
+    split: str = "test"
+    enable_thinking: bool = False
+    max_new_tokens: int = Field(default=48, ge=1)
+    thinking_budget_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)  # 0: greedy
+    batch_size: int = Field(default=32, ge=1)
+    seed: int = 0
+    out_path: str | None = None  # per-problem rows as JSONL
+
+
+class EvalReport(BaseModel):
+    """Summary of one eval; `rows_path` holds the per-problem rows when asked for."""
+
+    model: str
+    env: str
+    split: str
+    n: int
+    correct: int
+    accuracy: float
+    ci95_low: float
+    ci95_high: float
+    mean_reward: float
+    format_rate: float
+    mean_completion_tokens: float
+    truncated_rate: float
+    enable_thinking: bool
+    time_s: float
+    rows_path: str | None = None
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (z=1.96: 95%)."""
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs n > 0, got n={n}")
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def diff_ci(
+    acc_a: float,
+    n_a: int,
+    acc_b: float,
+    n_b: int,
+    *,
+    paired: tuple[list[bool], list[bool]] | None = None,
+    z: float = 1.96,
+) -> tuple[float, float, float]:
+    """(diff, low, high) of acc_b - acc_a, a normal-approximation interval (z=1.96: 95%).
+
+    Unpaired: two independent proportions. With `paired=(correct_a, correct_b)`, per-problem
+    outcomes on the same problems, the variance of the mean per-problem difference is used,
+    which is narrower when the two models agree on most problems.
+    """
+    if paired is not None:
+        a, b = paired
+        if len(a) != len(b) or not a:
+            raise ValueError(
+                f"paired outcomes must be non-empty and equal length: {len(a)}, {len(b)}"
+            )
+        d = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
+        n = len(d)
+        mean = sum(d) / n
+        var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+        half = z * math.sqrt(var / n)
+        return mean, mean - half, mean + half
+    if n_a <= 0 or n_b <= 0:
+        raise ValueError(f"diff_ci needs n_a, n_b > 0, got {n_a}, {n_b}")
+    diff = acc_b - acc_a
+    half = z * math.sqrt(acc_a * (1 - acc_a) / n_a + acc_b * (1 - acc_b) / n_b)
+    return diff, diff - half, diff + half
+
+
+def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> EvalReport:
+    """Evaluate cfg.model (or a model passed in) on n_problems of the env's split."""
+    if cfg.split not in ("train", "test"):
+        raise ConfigError(f"split must be 'train' or 'test', got '{cfg.split}'")
+    if model is None or tokenizer is None:
+        model, tokenizer = load_model(cfg.model)
+    env = ReasoningGymEnv(cfg.env)
+    tasks = env.tasks(cfg.split, cfg.n_problems)
+    params = SamplingParams(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+        thinking_budget_tokens=cfg.thinking_budget_tokens if cfg.enable_thinking else None,
+    )
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for i in range(0, len(tasks), cfg.batch_size):
+        batch = tasks[i : i + cfg.batch_size]
+        prompts = [
+            encode_prompt(tokenizer, env.reset(t), enable_thinking=cfg.enable_thinking)
+            for t in batch
+        ]
+        out = sample_completions(model, tokenizer, prompts, 1, params)
+        lengths = out.completion_mask.sum(dim=1).tolist()
+        for j, task in enumerate(batch):
+            thought, answer = split_thinking(out.texts[j], thinking_open=cfg.enable_thinking)
+            score = env.score(task, answer)
+            rows.append(
+                {
+                    "id": task.id,
+                    "question": task.question,
+                    "expected": task.answer,
+                    "completion": out.texts[j],
+                    "thought": thought,
+                    "extracted": score.extracted,
+                    "correct": score.correct,
+                    "well_formed": score.well_formed,
+                    "reward": score.reward,
+                    "completion_tokens": int(lengths[j]),
+                    "finish_reason": out.finish_reasons[j],
+                }
+            )
+    time_s = time.perf_counter() - start
+    n = len(rows)
+    k = sum(r["correct"] for r in rows)
+    low, high = wilson_interval(k, n)
+    rows_path = None
+    if cfg.out_path:
+        path = Path(cfg.out_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        rows_path = str(path)
+    return EvalReport(
+        model=cfg.model,
+        env=env.name,
+        split=cfg.split,
+        n=n,
+        correct=k,
+        accuracy=k / n,
+        ci95_low=low,
+        ci95_high=high,
+        mean_reward=sum(r["reward"] for r in rows) / n,
+        format_rate=sum(r["well_formed"] for r in rows) / n,
+        mean_completion_tokens=sum(r["completion_tokens"] for r in rows) / n,
+        truncated_rate=sum(r["finish_reason"] == "length" for r in rows) / n,
+        enable_thinking=cfg.enable_thinking,
+        time_s=time_s,
+        rows_path=rows_path,
+    )
