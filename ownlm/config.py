@@ -7,6 +7,7 @@ is reported with the file, the dotted key and the closest known key.
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,17 +50,30 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside `X`, `X | None`, `list[X]` or `dict[str, X]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str]]:
-    """Walk the model along loc and return (bad key, known keys at that level)."""
-    model: Any = cls
+    """Walk the model along loc (skipping list indices and dict keys) and return (bad key,
+    known keys at that level)."""
+    model: type[BaseModel] = cls
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        ann = getattr(field, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
+        if field is None:
+            continue  # a list index or a dict key: stay on the element's model
+        inner = _model_in(field.annotation)
+        if inner is None:
             return str(loc[-1]), []
-    return str(loc[-1]), list(getattr(model, "model_fields", {}))
+        model = inner
+    return str(loc[-1]), list(model.model_fields)
 
 
 def validate_config(cls: type[C], data: dict[str, Any], source: str) -> C:
@@ -74,7 +88,9 @@ def validate_config(cls: type[C], data: dict[str, Any], source: str) -> C:
             if e["type"] == "extra_forbidden":
                 bad, known = _closest_key(cls, loc)
                 near = difflib.get_close_matches(bad, known, n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(known)}"
+                hint = (
+                    f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(known)}"
+                )
                 where = f" in {'.'.join(str(p) for p in loc[:-1])}" if len(loc) > 1 else ""
                 lines.append(f"{source}: unknown key '{bad}'{where}{hint}")
             else:
@@ -100,7 +116,9 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}"
+            )
         data = loaded
     for text in overrides:
         keys, value = parse_override(text)
