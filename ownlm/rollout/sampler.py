@@ -9,8 +9,11 @@ on incrementally decoded text, only when they are set.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +21,8 @@ import torch
 from transformers import DynamicCache
 
 from ownlm.errors import ConfigError, DataError
+from ownlm.models.chat import THINK_CLOSE, THINK_OPEN, think_close_ids
 from ownlm.rollout.types import Completions, SamplingParams
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-# What the sampler writes when a thought runs past its budget (Qwen3's closing of a thought).
-FORCED_THINK_CLOSE = "\n" + THINK_CLOSE + "\n\n"
 
 
 @dataclass
@@ -60,7 +59,7 @@ def sample_completions(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     stop_ids = set(eos_ids)
     watch_text = bool(params.stop) or params.thinking_budget_tokens is not None
-    forced_close = tokenizer.encode(FORCED_THINK_CLOSE, add_special_tokens=False)
+    forced_close = think_close_ids(tokenizer)
     generator = _make_generator(params.seed, device)
 
     rows = [_Row() for _ in range(len(prompt_ids) * n)]
@@ -72,7 +71,7 @@ def sample_completions(
                 row.thinking = open_thought
 
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), _grouped_query_sdpa(device):
         cache, logits, attn_mask, positions = _prefill(
             model, prompt_ids, n, params.max_new_tokens, device
         )
@@ -102,7 +101,10 @@ def sample_completions(
                 index = torch.tensor(keep, device=device)
                 cache.batch_select_indices(index)
                 positions = positions.index_select(0, index)
-                attn_mask = None if attn_mask is None else attn_mask.index_select(0, index)
+                if attn_mask is not None:
+                    attn_mask = attn_mask.index_select(0, index)
+                    # Once the padded prompts' rows are done, the rest need no mask at all.
+                    attn_mask = None if bool(attn_mask.all()) else attn_mask
                 active = [active[s] for s in keep]
             positions = positions + 1
             # Columns seen so far: the padded prompt plus the step + 1 tokens fed until now.
@@ -120,6 +122,28 @@ def sample_completions(
     return _collect(rows, prompt_ids, n, tokenizer, pad_id, time_s, prefill_s)
 
 
+@contextmanager
+def _grouped_query_sdpa(device: torch.device) -> Iterator[None]:
+    """On CPU, let transformers call SDPA with enable_gqa even when a padding mask is given.
+
+    By default it then copies K/V to every query head (repeat_kv) in each layer and step, ~10% of
+    a decode step here; torch's CPU kernel takes the mask and grouped heads directly. Transformers
+    reads TRANSFORMERS_SDPA_FORCE_GQA at every call; CUDA keeps the default, where a mask with
+    grouped heads would fall back to the slow math kernel.
+    """
+    key = "TRANSFORMERS_SDPA_FORCE_GQA"
+    previous = os.environ.get(key)
+    if device.type == "cpu":
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
 def draw_tokens(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +156,7 @@ def draw_tokens(
         tokens = logits.argmax(dim=-1)
         logp = torch.log_softmax(logits, dim=-1)
         return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
-    logp = torch.log_softmax(logits / temperature, dim=-1)  # (B, V)
+    logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
     probs = logp.exp()
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)

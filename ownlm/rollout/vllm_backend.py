@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ownlm.errors import ConfigError, ModelLoadError
-from ownlm.rollout.sampler import FORCED_THINK_CLOSE, THINK_CLOSE, THINK_OPEN
+from ownlm.models.chat import THINK_CLOSE, THINK_OPEN, think_close_ids
 from ownlm.rollout.types import Completions, SamplingParams
 
 
@@ -80,7 +80,7 @@ class VLLMBackend:
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         eos = [tokenizer.eos_token_id, im_end if isinstance(im_end, int) else None]
         self.stop_ids = sorted({t for t in eos if t is not None and t != tokenizer.unk_token_id})
-        self.forced_close = tokenizer.encode(FORCED_THINK_CLOSE, add_special_tokens=False)
+        self.forced_close = think_close_ids(tokenizer)
 
     def update_weights(self, model: Any) -> None:
         """Copy the trainer's current weights into the engine, then drop cached prefixes."""

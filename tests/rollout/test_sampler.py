@@ -11,7 +11,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from ownlm.errors import ConfigError, DataError
-from ownlm.rollout.sampler import FORCED_THINK_CLOSE, draw_tokens, sample_completions
+from ownlm.models.chat import THINK_FORCED_CLOSE, encode_prompt, think_close_ids
+from ownlm.rollout.sampler import draw_tokens, sample_completions
 from ownlm.rollout.types import Completions, SamplingParams
 
 PAD_ID, EOS_ID = 0, 2  # the character tokenizer of conftest.py
@@ -152,7 +153,7 @@ def test_thinking_budget_forces_the_close_tag(tiny_llama: Any, char_tokenizer: A
     plain = encode(char_tokenizer, "<|im_start|>assistant\n")
     params = SamplingParams(max_new_tokens=24, temperature=1.0, seed=5, thinking_budget_tokens=5)
     out = sample_completions(tiny_llama, char_tokenizer, [thinking, plain], 1, params)
-    forced = encode(char_tokenizer, FORCED_THINK_CLOSE)
+    forced = encode(char_tokenizer, THINK_FORCED_CLOSE)
     assert out.tokens[0, 5 : 5 + len(forced)].tolist() == forced
     expected_mask = [True] * 5 + [False] * len(forced) + [True] * (24 - 5 - len(forced))
     assert out.completion_mask[0].tolist() == expected_mask
@@ -203,3 +204,19 @@ def test_bad_requests_say_what_to_fix(tiny_llama: Any, char_tokenizer: Any) -> N
         sample_completions(tiny_llama, char_tokenizer, ok, 1, SamplingParams(max_new_tokens=255))
     with pytest.raises(DataError, match="token id 500 outside the vocabulary"):
         sample_completions(tiny_llama, char_tokenizer, [[5, 500]], 1, SamplingParams())
+
+
+def test_thinking_budget_with_the_smollm2_tokenizer(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    messages = [{"role": "user", "content": "What is 2+3?"}]
+    on = encode_prompt(tokenizer, messages, enable_thinking=True)
+    off = encode_prompt(tokenizer, messages, enable_thinking=False)
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=1, thinking_budget_tokens=3)
+    out = sample_completions(model, tokenizer, [on, off], 2, params)
+    forced = think_close_ids(tokenizer)
+    assert out.finish_reasons == ["length"] * 4
+    for i in (0, 1):  # thinking on: 3 thought tokens, then the tag's several tokens
+        assert out.tokens[i, 3 : 3 + len(forced)].tolist() == forced
+        assert out.completion_mask[i].sum() == 16 - len(forced)
+        assert "\n</think>\n\n" in out.texts[i]
+    assert out.completion_mask[2:].all()  # thinking off: the prompt already closed the thought

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
+from ownlm.models.chat import THINK_FORCED_CLOSE
 from ownlm.rollout.backend import make_backend
-from ownlm.rollout.sampler import FORCED_THINK_CLOSE
 from ownlm.rollout.types import SamplingParams
 
 
@@ -88,7 +88,7 @@ def test_thinking_budget_closes_the_thought_then_answers(
     params = SamplingParams(max_new_tokens=20, thinking_budget_tokens=4)
     out = backend.sample([thinking, plain], 1, params)
     newline, a = char_tokenizer.convert_tokens_to_ids(["\n", "a"])
-    forced = char_tokenizer.encode(FORCED_THINK_CLOSE)
+    forced = char_tokenizer.encode(THINK_FORCED_CLOSE)
     answer = [newline] * (20 - 4 - len(forced))  # continues from the forced tag's last token
     assert out.tokens[0].tolist() == [newline] * 4 + forced + answer
     assert out.completion_mask[0].tolist() == [True] * 4 + [False] * len(forced) + [True] * len(
