@@ -197,7 +197,7 @@ def test_dpo_raises_held_out_margin_on_smollm2(
     cfg = load_config(
         DPOConfig,
         "examples/dpo.yaml",
-        [f"run_dir={tmp_path / 'run'}", "max_steps=8", "eval_every_steps=8", "save_every_steps=8"],
+        [f"run_dir={tmp_path / 'run'}"],
     )
     summary = train_dpo(cfg)
     assert summary.eval_reward_margin_before == 0.0
