@@ -110,7 +110,9 @@ class OpenAIHTTPUpstream:
         connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=300)
         # no skip_auto_headers: aiohttp then takes its fast path (sorting and copying the
         # skip list cost ~10% of a proxied request's CPU)
-        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=self._headers, timeout=self._whole
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -129,9 +131,10 @@ class OpenAIHTTPUpstream:
     async def _post(self, url: str, data: bytes, stream: bool) -> UpstreamResponse | UpstreamStream:
         assert self._session is not None, "start() was not called"
         try:
-            resp = await self._session.post(
-                url, data=data, timeout=self._streamed if stream else self._whole
-            )
+            if stream:
+                resp = await self._session.post(url, data=data, timeout=self._streamed)
+            else:  # the session's timeout (passing one per request costs a merge per call)
+                resp = await self._session.post(url, data=data)
             if stream and resp.status == 200:
                 return _AiohttpStream(resp, self.name)
             async with resp:
