@@ -103,7 +103,7 @@ def latest_checkpoint(run_dir: Path) -> ResumeState | None:
 def load_trainer_state(
     ckpt: ResumeState, optimizer: torch.optim.Optimizer | None, scheduler: Any | None
 ) -> None:
-    """Restore optimizer, scheduler and RNG states from a checkpoint (model weights load separately)."""
+    """Restore optimizer, scheduler and RNG states (model weights load separately)."""
     state = torch.load(ckpt.path / "trainer_state.pt", weights_only=False)
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
 from ownlm.config import Config, dump_config
 from ownlm.envs.base import Env, Task
+from ownlm.envs.reasoning_gym import ReasoningGymConfig, ReasoningGymEnv
 from ownlm.errors import ConfigError, OwnlmError
 from ownlm.models.chat import encode_prompt, split_thinking
 from ownlm.models.load import load_model
@@ -71,21 +72,11 @@ class LoraSpec(Config):
     ]
 
 
-class EnvSpec(Config):
-    """Which environment to train on (reasoning-gym tasks, seeded and offline)."""
-
-    task: str = "basic_arithmetic"
-    task_options: dict[str, Any] = {}
-    seed: int = 0
-    reward_correct: float = 1.0
-    reward_well_formed: float = 0.1
-
-
 class GRPOConfig(Config):
     """Every knob of a GRPO-family run."""
 
     model: str = "smollm2-135m"
-    env: EnvSpec = EnvSpec()
+    env: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig)
     run_dir: str = "runs/grpo"
     seed: int = 0
     steps: int = 40
@@ -180,7 +171,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    env = env if env is not None else build_env(cfg.env)
+    env = env if env is not None else ReasoningGymEnv(cfg.env)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         check_resume_compatible(ckpt, cfg.model_dump(mode="json"), RESUME_KEYS)
@@ -247,11 +238,14 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
             scale_by_std=cfg.loss in ("grpo", "dapo"),
             estimator="rloo" if cfg.loss == "rloo" else "grpo",
         )
-        keep_groups = torch.ones(cfg.prompts_per_step, dtype=torch.bool)
-        if cfg.loss == "dapo":
-            keep_groups = ~zero_variance_groups(rewards, cfg.group_size)
+        zero_var = zero_variance_groups(rewards, cfg.group_size)  # (P,)
+        keep_groups = ~zero_var if cfg.loss == "dapo" else torch.ones_like(zero_var)
         keep_rows = keep_groups.repeat_interleave(cfg.group_size)
         mask = comps.completion_mask & keep_rows.unsqueeze(1)
+        # With beta 0, a group whose advantages are all 0 adds exactly nothing to the gradient:
+        # it still counts in the loss's denominator, but its forward/backward is skipped.
+        signal = keep_groups & ~zero_var if cfg.beta == 0 else keep_groups
+        groups = signal.nonzero().flatten()
 
         # loss and step: micro-batches of whole groups; normalizer makes them add up to the batch
         t1 = time.perf_counter()
@@ -262,56 +256,58 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
             "dr_grpo": float(keep_rows.sum()) * cfg.max_new_tokens,
             "dapo": float(mask.sum()),
         }[variant]
-        total_loss, clip_frac, grad_norm = 0.0, 0.0, 0.0
-        if normalizer > 0:
-            per_micro = cfg.prompts_per_step // cfg.grad_accum_steps
-            for m in range(cfg.grad_accum_steps):
-                g0, g1 = m * per_micro, (m + 1) * per_micro
-                rows = slice(g0 * cfg.group_size, g1 * cfg.group_size)
-                if not keep_rows[rows].any():
-                    continue
-                logp = completion_logprobs(
-                    model,
-                    prompt_ids[g0:g1],
-                    comps.tokens[rows],
-                    mask[rows],
-                    cfg.group_size,
-                    pad_id=pad_id,
-                    temperature=cfg.temperature,
-                    chunk_rows=cfg.logprob_chunk_rows,
-                )
-                ref_logp = None
-                if ref_model is not None:
-                    with torch.no_grad():
-                        ref_logp = completion_logprobs(
-                            ref_model, prompt_ids[g0:g1], comps.tokens[rows], mask[rows],
-                            cfg.group_size, pad_id=pad_id, temperature=cfg.temperature,
-                        )  # fmt: skip
-                # one optimizer step per batch: the sampling policy is this policy, ratio = 1
-                old_logp = logp.detach()
-                loss = grpo_loss(
-                    logp,
-                    old_logp,
-                    adv[rows],
-                    mask[rows],
-                    variant=variant,
-                    clip_eps_low=cfg.clip_eps_low,
-                    clip_eps_high=eps_high,
-                    max_tokens=cfg.max_new_tokens,
-                    ref_logp=ref_logp,
-                    beta=cfg.beta,
-                    normalizer=normalizer,
-                )
-                loss.backward()
-                total_loss += float(loss.detach())
-                clip_frac += clip_fraction(
-                    logp, old_logp, mask[rows], clip_eps_low=cfg.clip_eps_low,
-                    clip_eps_high=eps_high,
-                ) / cfg.grad_accum_steps  # fmt: skip
+        total_loss, clip_frac, grad_norm, t_optim = 0.0, 0.0, 0.0, 0.0
+        for micro in groups.tensor_split(cfg.grad_accum_steps):
+            if len(micro) == 0:
+                continue
+            rows = (micro.unsqueeze(1) * cfg.group_size + torch.arange(cfg.group_size)).flatten()
+            micro_prompts = [prompt_ids[int(g)] for g in micro]
+            tokens, micro_mask = comps.tokens[rows], mask[rows]
+            logp = completion_logprobs(
+                model,
+                micro_prompts,
+                tokens,
+                micro_mask,
+                cfg.group_size,
+                pad_id=pad_id,
+                temperature=cfg.temperature,
+                chunk_rows=cfg.logprob_chunk_rows,
+            )
+            ref_logp = None
+            if ref_model is not None:
+                with torch.no_grad():
+                    ref_logp = completion_logprobs(
+                        ref_model, micro_prompts, tokens, micro_mask, cfg.group_size,
+                        pad_id=pad_id, temperature=cfg.temperature,
+                    )  # fmt: skip
+            # one optimizer step per batch: the sampling policy is this policy, ratio = 1
+            old_logp = logp.detach()
+            loss = grpo_loss(
+                logp,
+                old_logp,
+                adv[rows],
+                micro_mask,
+                variant=variant,
+                clip_eps_low=cfg.clip_eps_low,
+                clip_eps_high=eps_high,
+                max_tokens=cfg.max_new_tokens,
+                ref_logp=ref_logp,
+                beta=cfg.beta,
+                normalizer=normalizer,
+            )
+            loss.backward()
+            total_loss += float(loss.detach())
+            clip_frac += clip_fraction(
+                logp, old_logp, micro_mask, clip_eps_low=cfg.clip_eps_low, clip_eps_high=eps_high
+            ) * len(micro) / len(groups)  # fmt: skip
+        # A batch without signal leaves the model and the optimizer's moments as they were.
+        if len(groups):
+            t2 = time.perf_counter()
             if cfg.grad_clip is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
+            t_optim = time.perf_counter() - t2
         scheduler.step()
         t_train = time.perf_counter() - t1
 
@@ -331,10 +327,12 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
             "rollout/truncated_frac": sum(r == "length" for r in comps.finish_reasons)
             / len(comps.finish_reasons),
             "rollout/groups_kept": float(keep_groups.sum()),
+            "rollout/groups_with_signal": float(len(groups)),
             "rollout/error_rate": errors / len(rewards),
             "rollout/tokens_per_s": float(comps.stats.get("rollout/tokens_per_s", 0.0)),
             "time/rollout_s": t_rollout,
             "time/train_s": t_train,
+            "time/optimizer_s": t_optim,
         }
         if cfg.eval_every_steps and (step + 1) % cfg.eval_every_steps == 0:
             record["eval/accuracy"] = eval_accuracy(model, tokenizer, env, eval_tasks, cfg)
@@ -371,19 +369,6 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
 
 
 # ---- the steps above, as small functions ---------------------------------------------------
-
-
-def build_env(spec: EnvSpec) -> Env:
-    """The reasoning-gym env described by spec."""
-    from ownlm.envs.reasoning_gym import ReasoningGymEnv
-
-    return ReasoningGymEnv(
-        task=spec.task,
-        options=dict(spec.task_options),
-        seed=spec.seed,
-        reward_correct=spec.reward_correct,
-        reward_well_formed=spec.reward_well_formed,
-    )
 
 
 def prepare_policy(cfg: GRPOConfig, ckpt_path: Path | None) -> tuple[Any, Any]:

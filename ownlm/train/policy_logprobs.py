@@ -77,8 +77,12 @@ def completion_logprobs(
     prompt_ids: P unpadded prompts; tokens, mask: (P*n, T) completions, prompt-major (row i
     belongs to prompt i // n), right-padded. Gradients flow to the model's parameters.
     """
-    n_rows, t_len = tokens.shape
-    assert n_rows == len(prompt_ids) * n, (n_rows, len(prompt_ids), n)
+    full_shape = tokens.shape
+    assert full_shape[0] == len(prompt_ids) * n, (full_shape, len(prompt_ids), n)
+    # columns after the last counted token are never needed, not even as inputs
+    counted = mask.any(dim=0).nonzero()
+    t_len = int(counted[-1]) + 1 if len(counted) else 1
+    tokens, mask = tokens[:, :t_len], mask[:, :t_len]
     body = model.get_decoder()
     lm_head = model.get_output_embeddings()
     device = tokens.device
@@ -116,5 +120,7 @@ def completion_logprobs(
     picked = token_logprobs(
         hidden[keep], lm_head, tokens[keep], temperature=temperature, chunk_rows=chunk_rows
     )
-    logp = torch.zeros(tokens.shape, dtype=picked.dtype, device=device)
-    return logp.masked_scatter(keep, picked)
+    logp = torch.zeros(full_shape, dtype=picked.dtype, device=device)
+    keep_full = torch.zeros(full_shape, dtype=torch.bool, device=device)
+    keep_full[:, :t_len] = keep
+    return logp.masked_scatter(keep_full, picked)

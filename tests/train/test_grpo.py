@@ -29,7 +29,9 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 # Metrics that depend on wall time, not on the numbers of the run.
-TIMING_KEYS = {"time/step_s", "time/rollout_s", "time/train_s", "rollout/tokens_per_s"}
+TIMING_KEYS = {
+    "time/step_s", "time/rollout_s", "time/train_s", "time/optimizer_s", "rollout/tokens_per_s"
+}  # fmt: skip
 
 
 class DigitEnv:

@@ -86,3 +86,15 @@ def test_single_token_completions() -> None:
     ours = completion_logprobs(model, prompts, tokens, mask, 2, pad_id=PAD)
     ref = plain_logprobs(model, prompts, tokens, mask, 2)
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_trailing_uncounted_columns_are_trimmed() -> None:
+    model = tiny_llama()
+    prompts, tokens, mask = make_batch()
+    mask = mask.clone()
+    mask[:, 3:] = False  # e.g. forced or padded tokens at the end: not needed as inputs
+    ours = completion_logprobs(model, prompts, tokens, mask, 3, pad_id=PAD)
+    ref = plain_logprobs(model, prompts, tokens, mask, 3)
+    assert ours.shape == tokens.shape
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert (ours[:, 3:] == 0).all()
