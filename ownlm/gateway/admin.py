@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ownlm.gateway.asgi import Receive, Scope, Send, read_body, send_json
 from ownlm.gateway.config import GatewayConfig
 from ownlm.gateway.wire import WireError, parse_json_object
-from ownlm.store.schema import ApiKey, Feedback
+from ownlm.store.schema import ApiKey, Experiment, Feedback
 
 if TYPE_CHECKING:
     from ownlm.gateway.app import Gateway
@@ -47,6 +47,23 @@ def load_keys(gw: Gateway) -> None:
         key_id = "cfg-" + kc.name
         key = ApiKey(key_id, kc.key_sha256, kc.name, kc.rate_per_s, kc.burst, kc.budget_usd)
         gw.keys.add(key, spend.get(key_id, 0.0))
+
+
+def record_experiments(gw: Gateway) -> None:
+    """Write the router's experiments to the store, so data/ and reports can see them."""
+    assert gw.store is not None
+    cfg = gw.cfg.router
+    for name, exp in cfg.experiments.items():
+        alias = next(
+            (
+                a
+                for a, route in cfg.routes.items()
+                if any(getattr(p, "experiment", None) == name for p in route.policies)
+            ),
+            "",
+        )
+        arms = list(exp.arms)
+        gw.store.save_experiment(Experiment(name, alias, arms, [exp.arms[a] for a in arms]))
 
 
 def parse_feedback(body: dict[str, Any]) -> Feedback:

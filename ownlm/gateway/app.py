@@ -345,6 +345,7 @@ class Gateway:
             on_written=self._count_spend,
         )
         await asyncio.to_thread(admin.load_keys, self)
+        await asyncio.to_thread(admin.record_experiments, self)
         for up in self.upstreams.values():
             await up.start()
         if self.cfg.router.experiments:

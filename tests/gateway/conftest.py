@@ -217,14 +217,19 @@ def gateway_config(upstream_url: str, store_url: str, **overrides: Any) -> Gatew
             "emb": {"upstream": "mock", "model": "mock-emb"},
         },
         "router": {
+            "experiments": {"ab": {"arms": {"chat": 0.5, "chat-pro": 0.5}}},
             "routes": {
+                "ab-test": {
+                    "default": "chat",
+                    "policies": [{"kind": "experiment", "experiment": "ab"}],
+                },
                 "auto": {
                     "default": "chat",
                     "policies": [
                         {"kind": "rule", "when": {"tags": {"tier": ["pro"]}}, "variant": "chat-pro"}
                     ],
-                }
-            }
+                },
+            },
         },
         "keys": [
             {"name": "user", "key_sha256": sha(USER_KEY), "rate_per_s": 10000, "burst": 10000},

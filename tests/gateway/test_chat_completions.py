@@ -232,6 +232,30 @@ def test_router_rule_and_cache(gateway: RunningGateway, mock_upstream: MockUpstr
     assert mock_upstream.hits["mock-chat"] - before == 2
 
 
+def test_experiment_arm_is_traced_and_counted(gateway: RunningGateway) -> None:
+    c = client(gateway)
+    arms = set()
+    for user in ("u1", "u2", "u3", "u4", "u5", "u6"):
+        raw = c.chat.completions.with_raw_response.create(model="ab-test", messages=MSG, user=user)
+        tr = stored(gateway, raw.headers["x-ownlm-trace-id"])
+        assert tr.experiment == "ab" and tr.arm == tr.variant
+        arms.add(tr.arm)
+        status, _ = http(
+            "POST",
+            f"{gateway.base_url}/feedback",
+            {"trace_id": tr.trace_id, "thumbs": "up"},
+            USER_KEY,
+        )
+        assert status == 200
+    assert arms <= {"chat", "chat-pro"}
+    status, body = http("GET", f"{gateway.root_url}/admin/experiments", key=ADMIN_KEY)
+    stats = body["experiments"]["ab"]
+    assert status == 200 and sum(s["n_traces"] for s in stats) == 6
+    assert sum(s["successes"] for s in stats) == 6
+    exp = gateway.app.app.store.list_experiments()[0]
+    assert (exp.name, exp.alias, exp.arms) == ("ab", "ab-test", ["chat", "chat-pro"])
+
+
 def test_feedback_models_embeddings_admin(gateway: RunningGateway) -> None:
     c = client(gateway)
     raw = c.chat.completions.with_raw_response.create(model="chat", messages=MSG)
