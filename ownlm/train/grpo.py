@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ownlm.config import Config, dump_config
 from ownlm.envs.base import Env, Task
 from ownlm.envs.reasoning_gym import ReasoningGymConfig, ReasoningGymEnv
-from ownlm.errors import ConfigError, OwnlmError
+from ownlm.errors import OwnlmError
 from ownlm.models.chat import encode_prompt, split_thinking
 from ownlm.models.load import load_model
 from ownlm.rollout.sampler import sample_completions
@@ -176,7 +176,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
     if ckpt is not None:
         check_resume_compatible(ckpt, cfg.model_dump(mode="json"), RESUME_KEYS)
     model, tokenizer = prepare_policy(cfg, ckpt.path if ckpt is not None else None)
-    ref_model = make_reference(model, cfg)
+    ref_model = make_reference(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -274,12 +274,11 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
                 chunk_rows=cfg.logprob_chunk_rows,
             )
             ref_logp = None
-            if ref_model is not None:
-                with torch.no_grad():
-                    ref_logp = completion_logprobs(
-                        ref_model, micro_prompts, tokens, micro_mask, cfg.group_size,
-                        pad_id=pad_id, temperature=cfg.temperature,
-                    )  # fmt: skip
+            if cfg.beta != 0.0:
+                ref_logp = reference_logprobs(
+                    model, ref_model, micro_prompts, tokens, micro_mask, cfg.group_size,
+                    pad_id=pad_id, temperature=cfg.temperature,
+                )  # fmt: skip
             # one optimizer step per batch: the sampling policy is this policy, ratio = 1
             old_logp = logp.detach()
             loss = grpo_loss(
@@ -308,6 +307,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             t_optim = time.perf_counter() - t2
+        lr = scheduler.get_last_lr()[0]
         scheduler.step()
         t_train = time.perf_counter() - t1
 
@@ -317,7 +317,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
             "step": step + 1,
             "train/loss": total_loss,
             "train/grad_norm": grad_norm,
-            "train/lr": scheduler.get_last_lr()[0],
+            "train/lr": lr,
             "train/clip_frac": clip_frac,
             "rollout/reward_mean": float(rewards.mean()),
             "rollout/reward_std": float(rewards.std()),
@@ -392,19 +392,27 @@ def prepare_policy(cfg: GRPOConfig, ckpt_path: Path | None) -> tuple[Any, Any]:
     return get_peft_model(model, lora), tokenizer
 
 
-def make_reference(model: Any, cfg: GRPOConfig) -> Any | None:
-    """A frozen copy of the starting policy for the KL term; None when beta is 0."""
-    if cfg.beta == 0.0:
-        return None
-    if cfg.lora is not None:
-        raise ConfigError(
-            "beta > 0 with lora is not supported yet; use full fine-tuning or beta: 0"
-        )
-    import copy
+def make_reference(cfg: GRPOConfig) -> Any | None:
+    """A frozen copy of the starting model for the KL term (full fine-tuning with beta > 0).
 
-    ref = copy.deepcopy(model).eval()
+    None when beta is 0, and with LoRA, whose reference is the policy with its adapters off.
+    """
+    if cfg.beta == 0.0 or cfg.lora is not None:
+        return None
+    ref, _ = load_model(cfg.model)
     ref.requires_grad_(False)
     return ref
+
+
+def reference_logprobs(
+    model: Any, ref_model: Any | None, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    """Token logps under the reference: ref_model, or the LoRA policy with adapters disabled."""
+    with torch.no_grad():
+        if ref_model is not None:
+            return completion_logprobs(ref_model, *args, **kwargs)
+        with model.disable_adapter():
+            return completion_logprobs(model, *args, **kwargs)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: GRPOConfig) -> torch.optim.Optimizer:

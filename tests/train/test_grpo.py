@@ -205,10 +205,21 @@ def test_lora_checkpoint_loads_with_peft(tiny_dir: Path, tmp_path: Path) -> None
     LlamaForCausalLM.from_pretrained(tmp_path / "run" / "final")
 
 
-@pytest.mark.parametrize("loss", ["dr_grpo", "dapo", "rloo"])
-def test_variants_run_and_learn(tiny_dir: Path, tmp_path: Path, loss: str) -> None:
-    train_grpo(config(tiny_dir, tmp_path / "run", steps=1, loss=loss), env=DigitEnv())
-    m = read_metrics(tmp_path / "run")[0]
+@pytest.mark.parametrize(
+    ("loss", "extra"),
+    [
+        ("dr_grpo", {}),
+        ("dapo", {}),
+        ("rloo", {}),
+        ("grpo", {"beta": 0.1}),
+        ("grpo", {"beta": 0.1, "lora": {"r": 2, "alpha": 4, "targets": ["q_proj"]}}),
+    ],
+)
+def test_variants_run_and_learn(
+    tiny_dir: Path, tmp_path: Path, loss: str, extra: dict[str, Any]
+) -> None:
+    train_grpo(config(tiny_dir, tmp_path / "run", steps=2, loss=loss, **extra), env=DigitEnv())
+    m = read_metrics(tmp_path / "run")[1]
     assert m["train/grad_norm"] > 0
     if loss == "dapo":
         assert m["rollout/groups_kept"] <= 2
