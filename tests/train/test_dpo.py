@@ -201,4 +201,7 @@ def test_dpo_raises_held_out_margin_on_smollm2(
     )
     summary = train_dpo(cfg)
     assert summary.eval_reward_margin_before == 0.0
-    assert summary.eval_reward_margin_after is not None and summary.eval_reward_margin_after > 0.5
+    # measured: margin 0 -> 3.3, reward accuracy 0 -> 0.94
+    assert summary.eval_reward_margin_after is not None and summary.eval_reward_margin_after > 1.0
+    assert summary.eval_reward_accuracy_after is not None
+    assert summary.eval_reward_accuracy_after > 0.7

@@ -214,4 +214,4 @@ def test_sft_lowers_held_out_loss_on_smollm2(
     )
     summary = train_sft(cfg)
     assert summary.eval_loss_before is not None and summary.eval_loss_after is not None
-    assert summary.eval_loss_after < 0.8 * summary.eval_loss_before
+    assert summary.eval_loss_after < 0.5 * summary.eval_loss_before  # measured: 1.17 -> 0.13
