@@ -8,7 +8,8 @@ from ownlm.envs.base import Task
 from ownlm.envs.reasoning_gym import ReasoningGymConfig, ReasoningGymEnv
 from ownlm.errors import ConfigError
 
-SMALL = ReasoningGymConfig(test_pool_size=50)
+CHAIN_SUM = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
+SMALL = ReasoningGymConfig(task="chain_sum", task_kwargs=CHAIN_SUM, test_pool_size=50)
 
 
 def test_splits_are_seeded_distinct_and_disjoint() -> None:
@@ -51,7 +52,9 @@ def test_reset_puts_the_format_instruction_after_the_question() -> None:
         ("2 + 3 = 5\nAnswer: 5", 1.0, True, True),
         ("Answer: 5.0", 1.0, True, True),
         ("Answer: 6", 0.1, False, True),
-        ("2 + 3 = 5", 0.0, False, False),
+        ("2 + 3 = 5", 1.0, True, True),
+        ("2 + 3 = 6.", 0.1, False, True),
+        ("I am not sure, maybe 5 or so", 0.0, False, False),
         ("", 0.0, False, False),
     ],
 )
@@ -67,7 +70,11 @@ def test_reward_values_are_configurable() -> None:
     )
     env = ReasoningGymEnv(cfg)
     t = Task(id="x", question="q", answer="5")
-    assert [env.score(t, c).reward for c in ("Answer: 5", "Answer: 4", "5")] == [2.0, -0.5, -1.0]
+    assert [env.score(t, c).reward for c in ("Answer: 5", "Answer: 4", "no idea")] == [
+        2.0,
+        -0.5,
+        -1.0,
+    ]
 
 
 def test_reasoning_gym_checker_is_consulted() -> None:
