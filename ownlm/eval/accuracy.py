@@ -109,6 +109,29 @@ def diff_ci(
     return diff, diff - half, diff + half
 
 
+def paired_gain(rows_a: str | Path, rows_b: str | Path) -> tuple[float, float, float]:
+    """(gain, low, high) of B over A from two eval row files, paired by problem id.
+
+    Both files must hold the same problem ids (the same env, split and n_problems).
+    """
+    outcomes = []
+    for path in (rows_a, rows_b):
+        try:
+            rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read eval rows {path}: {err}") from err
+        outcomes.append({r["id"]: bool(r["correct"]) for r in rows})
+    a, b = outcomes
+    if set(a) != set(b) or not a:
+        raise ConfigError(
+            f"{rows_a} and {rows_b} do not hold the same problems ({len(a)} vs {len(b)} ids); "
+            f"evaluate both models with the same env, split and n_problems"
+        )
+    ids = sorted(a)
+    acc_a, acc_b = sum(a.values()) / len(a), sum(b.values()) / len(b)
+    return diff_ci(acc_a, len(a), acc_b, len(b), paired=([a[i] for i in ids], [b[i] for i in ids]))
+
+
 def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> EvalReport:
     """Evaluate cfg.model (or a model passed in) on n_problems of the env's split."""
     if cfg.split not in ("train", "test"):

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from ownlm.envs.reasoning_gym import ReasoningGymConfig
-from ownlm.eval.accuracy import EvalConfig, diff_ci, run_eval, wilson_interval
+from ownlm.errors import ConfigError
+from ownlm.eval.accuracy import EvalConfig, diff_ci, paired_gain, run_eval, wilson_interval
 
 
 def test_wilson_hand_values() -> None:
@@ -55,6 +56,26 @@ def test_diff_ci_paired_is_narrower_when_models_agree() -> None:
     assert high - low < uhigh - ulow
     with pytest.raises(ValueError, match="equal length"):
         diff_ci(0.5, 8, 0.75, 8, paired=(a, b[:-1]))
+
+
+def test_paired_gain_joins_rows_by_id(tmp_path: Path) -> None:
+    def write(name: str, correct: dict[str, bool]) -> Path:
+        path = tmp_path / name
+        path.write_text(
+            "".join(json.dumps({"id": k, "correct": v}) + "\n" for k, v in correct.items())
+        )
+        return path
+
+    a = write("a.jsonl", {"p1": False, "p2": False, "p3": True, "p4": True})
+    b = write("b.jsonl", {"p4": True, "p3": True, "p2": True, "p1": False})  # other order
+    gain, low, high = paired_gain(a, b)
+    assert gain == pytest.approx(0.25)  # diffs [0, 1, 0, 0]
+    assert (low, high) == pytest.approx(
+        diff_ci(0.5, 4, 0.75, 4, paired=([0, 0, 1, 1], [0, 1, 1, 1]))[1:]
+    )
+    c = write("c.jsonl", {"p1": True})
+    with pytest.raises(ConfigError, match="same problems"):
+        paired_gain(a, c)
 
 
 @pytest.mark.parametrize("thinking", [False, True])
