@@ -1,8 +1,8 @@
 """`ownlm` command: one thin subcommand per stage; each loads a config class and calls one function.
 
-    ownlm train grpo --config examples/grpo.yaml --set lr=1e-5
-    ownlm eval --set model=runs/grpo/final --set n_problems=200
-    ownlm serve --config ownlm.yaml
+ownlm train grpo --config examples/grpo.yaml --set lr=1e-5
+ownlm eval --set model=runs/grpo/final --set n_problems=200
+ownlm serve --config ownlm.yaml
 """
 
 from __future__ import annotations
@@ -18,21 +18,32 @@ from ownlm.errors import OwnlmError
 # subcommand -> (module, config class, function). The function takes the validated config and
 # returns something JSON-able (a summary) or None. Imports are lazy so `ownlm --help` is instant.
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "train sft": ("ownlm.train.sft", "SFTConfig", "train_sft", "supervised fine-tuning on chat JSONL"),
+    "train sft": (
+        "ownlm.train.sft",
+        "SFTConfig",
+        "train_sft",
+        "supervised fine-tuning on chat JSONL",
+    ),
     "train dpo": ("ownlm.train.dpo", "DPOConfig", "train_dpo", "direct preference optimisation"),
     "train grpo": ("ownlm.train.grpo", "GRPOConfig", "train_grpo", "RL with verifiable rewards"),
     "eval": ("ownlm.eval.accuracy", "EvalConfig", "run_eval", "held-out accuracy with a 95%% CI"),
     "models convert": (
-        "ownlm.models.convert", "ConvertConfig", "convert_model",
+        "ownlm.models.convert",
+        "ConvertConfig",
+        "convert_model",
         "convert the pip-shipped GGUF to a trainable safetensors dir",
     ),
     "serve": ("ownlm.gateway.server", "GatewayConfig", "serve", "OpenAI-compatible gateway"),
     "router train": (
-        "ownlm.router.classifier", "ClassifierTrainConfig", "train_classifier",
+        "ownlm.router.classifier",
+        "ClassifierTrainConfig",
+        "train_classifier",
         "train the difficulty classifier from labelled traces",
     ),
     "router labels": (
-        "ownlm.router.difficulty_set", "DifficultySetConfig", "write_difficulty_set",
+        "ownlm.router.difficulty_set",
+        "DifficultySetConfig",
+        "write_difficulty_set",
         "write an offline easy/hard labelled set from reasoning-gym",
     ),
 }
@@ -55,7 +66,11 @@ def _build_parser() -> argparse.ArgumentParser:
         p.set_defaults(_key=name)
         p.add_argument("--config", "-c", help="YAML config file")
         p.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override a config key (repeatable), e.g. --set lr=1e-5",
         )
     return parser
