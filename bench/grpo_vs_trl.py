@@ -11,7 +11,8 @@ libtcmalloc-minimal4`) and prints which allocator ran. Printed, all measured in 
 seconds per step (median of steps 2..N) for both and the ratio; our sampler's tokens/s against
 `transformers.generate` on the same batch; the fp32 matmul peak at training shapes, and the
 share of it that our training forward/backward reaches (FLOPs counted as 6 * matmul params *
-tokens, attention scores left out); a speed-of-light estimate for the step from these figures.
+tokens, attention scores left out); a speed-of-light estimate for the step from these figures;
+fused vs foreach AdamW.
 With --rounds > 1 the two sides alternate, so a busy machine slows both alike.
 """
 
@@ -205,6 +206,26 @@ def compare_samplers(threads: int, rounds: int = 3) -> tuple[float, float]:
     return statistics.median(ours), statistics.median(theirs)
 
 
+def compare_adamw(model: Any, repeats: int = 5) -> tuple[float, float]:
+    """Seconds per AdamW step on the model's parameters: fused, then foreach."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    out = []
+    for fused in (True, False):
+        opt = torch.optim.AdamW(params, lr=1e-9, fused=fused, foreach=None if fused else True)
+        opt.step()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        out.append(statistics.median(times))
+    return out[0], out[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -236,6 +257,11 @@ def main() -> None:
         f"\nseconds per step (median of steps 2..{args.steps}): ours {ours_s:.2f}, TRL {trl_s:.2f}"
     )
     print(f"ratio TRL / ours: {trl_s / ours_s:.2f}x (goal >= 2.5x)")
+    signal = statistics.mean(m["rollout/groups_with_signal"] for m in ours_metrics)
+    print(
+        f"(ours trains only groups whose rewards differ, exact at beta 0: {signal:.1f} of "
+        f"{PROMPTS} per step here; TRL computes all {PROMPTS})"
+    )
 
     ours_tps, gen_tps = compare_samplers(args.threads)
     print(
@@ -279,6 +305,8 @@ def main() -> None:
         f"train {flops / (peak * 1e9):.2f} s + decode {decode_s:.2f} s + optimizer "
         f"{optim_s:.2f} s = {sol:.2f} s; ours is {ours_s / sol:.2f}x of it (goal <= 1.5x)"
     )
+    fused_s, foreach_s = compare_adamw(model)
+    print(f"AdamW step: fused {fused_s:.3f} s, foreach {foreach_s:.3f} s (ours uses fused)")
     rollout_s = statistics.median(m["time/rollout_s"] for m in ours_metrics)
     optim_med = statistics.median(m["time/optimizer_s"] for m in ours_metrics)
     print(

@@ -27,7 +27,7 @@ def tiny_llama(tie: bool = True) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).float()
 
 
-def plain_logprobs(model, prompts, tokens, mask, n) -> torch.Tensor:
+def plain_logprobs(model, prompts, tokens, mask, n, temperature=1.0) -> torch.Tensor:
     """One unpadded full-sequence forward per row, log_softmax gathered at the tokens."""
     rows = []
     for i in range(tokens.shape[0]):
@@ -35,7 +35,7 @@ def plain_logprobs(model, prompts, tokens, mask, n) -> torch.Tensor:
         t_len = int(mask[i].sum())
         ids = torch.tensor(p + tokens[i, :t_len].tolist()).unsqueeze(0)
         logits = model(input_ids=ids).logits[0]
-        lp = torch.log_softmax(logits[len(p) - 1 : len(p) - 1 + t_len], dim=-1)
+        lp = torch.log_softmax(logits[len(p) - 1 : len(p) - 1 + t_len] / temperature, dim=-1)
         row = torch.zeros(tokens.shape[1])
         row = row.index_put((torch.arange(t_len),), lp.gather(1, ids[0, len(p) :, None])[:, 0])
         rows.append(row)
@@ -58,19 +58,23 @@ def test_pad_prompts_left() -> None:
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-@pytest.mark.parametrize("chunk_rows", [None, 4])
-@pytest.mark.parametrize("tie", [True, False])
-def test_shared_prefix_forward_equals_plain_forward(chunk_rows, tie) -> None:
+@pytest.mark.parametrize(
+    ("chunk_rows", "tie", "temperature"),
+    [(None, True, 1.0), (4, True, 1.0), (None, False, 1.0), (4, False, 0.7), (None, True, 0.7)],
+)
+def test_shared_prefix_forward_equals_plain_forward(chunk_rows, tie, temperature) -> None:
     model = tiny_llama(tie)
     prompts, tokens, mask = make_batch()
     weights = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(2))
 
-    ours = completion_logprobs(model, prompts, tokens, mask, 3, pad_id=PAD, chunk_rows=chunk_rows)
+    ours = completion_logprobs(
+        model, prompts, tokens, mask, 3, pad_id=PAD, chunk_rows=chunk_rows, temperature=temperature
+    )
     (ours * weights).sum().backward()
     ours_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
     model.zero_grad()
 
-    ref = plain_logprobs(model, prompts, tokens, mask, 3)
+    ref = plain_logprobs(model, prompts, tokens, mask, 3, temperature)
     (ref * weights).sum().backward()
 
     assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
