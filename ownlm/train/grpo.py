@@ -299,16 +299,17 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
             clip_frac += clip_fraction(
                 logp, old_logp, micro_mask, clip_eps_low=cfg.clip_eps_low, clip_eps_high=eps_high
             ) * len(micro) / len(groups)  # fmt: skip
-        # A batch without signal leaves the model and the optimizer's moments as they were.
+        # A batch without signal leaves the model, the optimizer's moments and the lr schedule
+        # as they were (the schedule counts updates).
+        lr = scheduler.get_last_lr()[0]
         if len(groups):
             t2 = time.perf_counter()
             if cfg.grad_clip is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
             t_optim = time.perf_counter() - t2
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
         t_train = time.perf_counter() - t1
 
         # ---- log ----------------------------------------------------------------------------

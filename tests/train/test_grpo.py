@@ -258,3 +258,19 @@ def test_refuses_resume_with_another_seed(tiny_dir: Path, tmp_path: Path) -> Non
 def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(GRPOConfig, None, overrides)
+
+
+@pytest.mark.slow
+def test_one_step_on_smollm2(tmp_path: Path) -> None:
+    """The real model and env end to end: sample, score, train, checkpoint, final/ loads."""
+    cfg = GRPOConfig.model_validate(
+        {
+            "run_dir": str(tmp_path / "run"), "steps": 1, "prompts_per_step": 2,
+            "group_size": 2, "max_new_tokens": 8, "train_problems": 8, "temperature": 0.7,
+            "env": {"train_seed": 1_000_000}, "eval_every_steps": 1, "eval_problems": 2,
+        }
+    )  # fmt: skip
+    summary = train_grpo(cfg)
+    m = read_metrics(tmp_path / "run")[0]
+    assert m["rollout/completion_tokens_mean"] > 0 and 0 <= m["eval/accuracy"] <= 1
+    assert (Path(summary.final_dir) / "model.safetensors").is_file()
