@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from ownlm.config import load_config
-from ownlm.eval.accuracy import EvalConfig, EvalReport, diff_ci, run_eval
+from ownlm.eval.accuracy import EvalConfig, EvalReport, paired_gain, run_eval
 from ownlm.train.grpo import GRPOConfig, train_grpo
 
 
@@ -38,9 +37,10 @@ def evaluate(model: str, out: Path, n_problems: int, max_new_tokens: int) -> Eva
     return report
 
 
-def outcomes(report: EvalReport) -> list[bool]:
-    rows = [json.loads(line) for line in Path(report.rows_path or "").read_text().splitlines()]
-    return [bool(r["correct"]) for r in rows]
+def train_seconds(run_dir: str) -> float:
+    """Wall time of all logged steps of a run (a resumed run counts every attempt's steps once)."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return sum(json.loads(line).get("time/step_s", 0.0) for line in lines if line)
 
 
 def main() -> None:
@@ -72,13 +72,10 @@ def main() -> None:
     reports: dict[str, EvalReport] = {}
     if args.only != "control":  # one of two side-by-side processes evaluates the base model
         reports["base"] = evaluate(base_cfg.model, out / "eval_base.jsonl", args.n_problems, tokens)
-    train_s: dict[str, float] = {}
     if args.only:
         runs = {k: v for k, v in runs.items() if (k == "grpo") == (args.only == "grpo")}
     for name, cfg in runs.items():
-        start = time.perf_counter()
         summary = train_grpo(cfg)
-        train_s[name] = time.perf_counter() - start
         slug = Path(cfg.run_dir).name
         reports[name] = evaluate(
             summary.final_dir, out / f"eval_{slug}.jsonl", args.n_problems, tokens
@@ -99,13 +96,12 @@ def main() -> None:
         line = f"{name:<24}{rep.accuracy:>10.3f}   [{rep.ci95_low:.3f}, {rep.ci95_high:.3f}]"
         entry = {"accuracy": rep.accuracy, "ci95": [rep.ci95_low, rep.ci95_high]}
         if name != "base":
-            d, lo, hi = diff_ci(
-                base.accuracy, base.n, rep.accuracy, rep.n, paired=(outcomes(base), outcomes(rep))
-            )
+            d, lo, hi = paired_gain(base.rows_path or "", rep.rows_path or "")
             verdict = "excludes 0" if lo > 0 or hi < 0 else "includes 0"
             line += f"   {d:+.3f} [{lo:+.3f}, {hi:+.3f}] {verdict}"
-            line += f"{train_s.get(name, 0.0):>8.0f}"
-            entry.update(gain=d, gain_ci95=[lo, hi], train_s=train_s.get(name))
+            train_s = train_seconds(runs[name].run_dir)
+            line += f"{train_s:>8.0f}"
+            entry.update(gain=d, gain_ci95=[lo, hi], train_s=train_s)
         result[name] = entry
         print(line)
     (out / "summary.json").write_text(json.dumps(result, indent=2))
