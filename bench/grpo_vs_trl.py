@@ -13,7 +13,9 @@ seconds per step (median of steps 2..N) for both and the ratio; our sampler's to
 share of it that our training forward/backward reaches (FLOPs counted as 6 * matmul params *
 tokens, attention scores left out); a speed-of-light estimate for the step from these figures;
 fused vs foreach AdamW.
-With --rounds > 1 the two sides alternate, so a busy machine slows both alike.
+With --rounds > 1 the two sides alternate, so a busy machine slows both alike. On a machine
+shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE (both sides inherit it): spinning
+OpenMP threads on oversubscribed cores made a 2-thread step several times slower here.
 """
 
 from __future__ import annotations
