@@ -1,4 +1,4 @@
-"""Errors a user can cause, one class per stage boundary; the CLI prints them without a traceback."""
+"""Errors a user can cause, one class per stage boundary; the CLI prints them as one line."""
 
 from __future__ import annotations
 
