@@ -29,6 +29,13 @@ class ResumeState:
     meta: dict[str, Any]
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the Python, NumPy and torch global generators (a resume restores their states)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     return {
         "python": random.getstate(),

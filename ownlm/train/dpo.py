@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, model_validator
 from tqdm import tqdm
@@ -33,6 +30,7 @@ from ownlm.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
     save_checkpoint,
+    seed_everything,
 )
 from ownlm.train.datasets import (
     TokenizedPair,
@@ -43,6 +41,7 @@ from ownlm.train.datasets import (
     tokenize_pair,
 )
 from ownlm.train.losses import dpo_loss
+from ownlm.train.schedule import lr_factor
 from ownlm.train.sequence_logprobs import sequence_logprobs
 
 # Config keys that change a run's numbers: a resumed run must agree with its checkpoint on them.
@@ -124,21 +123,6 @@ class RunSummary(BaseModel):
     seconds: float
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _lr_factor(step: int, cfg: DPOConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _pair_logprobs(model: Any, pairs: list[TokenizedPair], pad_id: int) -> torch.Tensor:
     """Summed response log-probs, (2, B): row 0 chosen, row 1 rejected, in one forward."""
     b = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
@@ -175,7 +159,7 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
 
     # Data first: a malformed row should stop the run before the model loads.
     pairs = read_pairs(cfg.train_file)
@@ -246,7 +230,12 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
     # Optimizer and schedule; a resumed run restores them with the RNG states.
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(
+            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.lr_schedule
+        ),
+    )
     start_step = 0
     metrics_path = run_dir / "metrics.jsonl"
     records: list[dict[str, Any]] = []

@@ -10,13 +10,10 @@ resume exactly, and final/ (an HF model dir, or a peft adapter dir for LoRA).
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, model_validator
 from tqdm import tqdm
@@ -29,6 +26,7 @@ from ownlm.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
     save_checkpoint,
+    seed_everything,
 )
 from ownlm.train.datasets import (
     TokenizedChat,
@@ -39,6 +37,7 @@ from ownlm.train.datasets import (
     tokenize_chat,
     truncate_chat,
 )
+from ownlm.train.schedule import lr_factor
 from ownlm.train.sequence_logprobs import counted_token_logprobs
 
 # Config keys that change a run's numbers: a resumed run must agree with its checkpoint on them.
@@ -114,12 +113,6 @@ class RunSummary(BaseModel):
     seconds: float
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _tokenize_all(tokenizer: Any, examples: list, max_seq_len: int) -> tuple[list, int]:
     out, skipped = [], 0
     for ex in examples:
@@ -129,15 +122,6 @@ def _tokenize_all(tokenizer: Any, examples: list, max_seq_len: int) -> tuple[lis
         else:
             out.append(chat)
     return out, skipped
-
-
-def _lr_factor(step: int, cfg: SFTConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -161,7 +145,7 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
 
     # Data first: a malformed row should stop the run before the model loads.
     examples = read_chats(cfg.train_file)
@@ -225,7 +209,12 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
     # Optimizer and schedule; a resumed run restores them with the RNG states.
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(
+            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.lr_schedule
+        ),
+    )
     start_step = 0
     metrics_path = run_dir / "metrics.jsonl"
     records: list[dict[str, Any]] = []
