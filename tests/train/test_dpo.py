@@ -9,12 +9,8 @@ from typing import Any
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
 )
 
 from ownlm.config import load_config
@@ -22,11 +18,6 @@ from ownlm.errors import ConfigError, DataError
 from ownlm.train import dpo
 from ownlm.train.dpo import DPOConfig, train_dpo
 
-TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
-    " + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 # train/loss of the first 3 steps of `_config(...)` (LoRA, batch 4 as 2 micro-batches of 2),
 # from a run of this recipe. Step 1 is log 2 exactly: the policy starts equal to the reference.
 REFERENCE_LOSSES = [0.693147, 0.615832, 0.530515]
@@ -42,33 +33,9 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded 2-layer Llama (hidden 32) with a byte tokenizer, and 24 sum pairs."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tok.chat_template = TEMPLATE
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-    )
-    out = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
+def tiny_dir(tiny_dir: Path) -> Path:
+    """The tiny model of tests/train/conftest.py, with pairs.jsonl beside it."""
+    out = tiny_dir
     rows = [
         {"prompt": f"{a} + {b}?", "chosen": f"= {a + b}", "rejected": f"maybe {a + b + 1}"}
         for a in range(6)
