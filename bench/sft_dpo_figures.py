@@ -24,6 +24,11 @@ from ownlm.train.sft import SFTConfig, train_sft
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _kind(cfg: object) -> str:
+    lora = getattr(cfg, "lora", None)
+    return f"LoRA r={lora.r}" if lora is not None else "full fine-tuning"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["sft", "dpo"], help="run one recipe")
@@ -46,7 +51,7 @@ def main() -> None:
         )
         s = train_sft(cfg)
         print(
-            f"SFT  {cfg.finetune} r={cfg.lora_r}, {s.steps} steps x {cfg.batch_size} chats, "
+            f"SFT  {_kind(cfg)}, {s.steps} steps x {cfg.batch_size} chats, "
             f"{s.train_examples} train / {s.eval_examples} held-out chats, {s.seconds:.0f} s\n"
             f"     held-out loss per assistant token: {s.eval_loss_before:.4f} -> "
             f"{s.eval_loss_after:.4f}"
@@ -60,7 +65,7 @@ def main() -> None:
         )
         d = train_dpo(cfg)
         print(
-            f"DPO  {cfg.finetune} r={cfg.lora_r}, beta={cfg.beta}, {d.steps} steps x "
+            f"DPO  {_kind(cfg)}, beta={cfg.beta}, {d.steps} steps x "
             f"{cfg.batch_size} pairs, {d.train_pairs} train / {d.eval_pairs} held-out pairs, "
             f"{d.seconds:.0f} s\n"
             f"     held-out reward margin:   {d.eval_reward_margin_before:.4f} -> "

@@ -1,7 +1,7 @@
 """Direct preference optimisation (Rafailov et al. 2023) on preference-pair JSONL.
 
     ownlm train dpo --config examples/dpo.yaml
-    ownlm train dpo --config examples/dpo.yaml --set beta=0.2 --set finetune=full
+    ownlm train dpo --config examples/dpo.yaml --set beta=0.2 --set lora=null
 
 The reference is the starting model, frozen: for LoRA the same weights with the adapters switched
 off (no second copy in memory), for full fine-tuning a frozen copy. Logged: train/loss and the
@@ -40,6 +40,7 @@ from ownlm.train.datasets import (
     read_pairs,
     tokenize_pair,
 )
+from ownlm.train.lora import LoraSpec, add_lora
 from ownlm.train.losses import dpo_loss
 from ownlm.train.schedule import lr_factor
 from ownlm.train.sequence_logprobs import sequence_logprobs
@@ -48,7 +49,7 @@ from ownlm.train.sequence_logprobs import sequence_logprobs
 RESUME_KEYS = [
     "model", "train_file", "eval_file", "eval_fraction", "seed", "max_seq_len", "batch_size",
     "micro_batch_size", "max_steps", "beta", "lr", "lr_schedule", "warmup_steps", "weight_decay",
-    "max_grad_norm", "finetune", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "max_grad_norm", "lora",
 ]  # fmt: skip
 
 
@@ -71,13 +72,7 @@ class DPOConfig(Config):
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    finetune: Literal["lora", "full"] = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-    ]  # fmt: skip
+    lora: LoraSpec | None = LoraSpec()  # None (`lora: null`): train all weights
     eval_every_steps: int = 10
     save_every_steps: int = 25
     keep_last_checkpoints: int = 2
@@ -182,25 +177,13 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
     if resume is not None:
         check_resume_compatible(resume, cfg.model_dump(mode="json"), RESUME_KEYS)
     reference: Any = None
-    if cfg.finetune == "full":
+    if cfg.lora is None:
         reference, tokenizer = load_model(cfg.model)
         reference.requires_grad_(False)
         model, _ = load_model(str(resume.path) if resume is not None else cfg.model)
     else:
-        from peft import LoraConfig, PeftModel, get_peft_model
-
         model, tokenizer = load_model(cfg.model)
-        if resume is not None:
-            model = PeftModel.from_pretrained(model, str(resume.path), is_trainable=True)
-        else:
-            lora = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=list(cfg.lora_target_modules),
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, lora)
+        model = add_lora(model, cfg.lora, resume.path if resume is not None else None)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and cfg.max_seq_len > max_pos:
         raise ConfigError(

@@ -39,6 +39,7 @@ from ownlm.train.checkpoint import (
     load_trainer_state,
     save_checkpoint,
 )
+from ownlm.train.lora import LoraSpec, add_lora
 from ownlm.train.losses import (
     clip_fraction,
     group_advantages,
@@ -53,23 +54,6 @@ RESUME_KEYS = [
     "seed", "model", "prompts_per_step", "group_size", "max_new_tokens", "loss", "lora",
     "reward_mode", "train_problems", "env",
 ]  # fmt: skip
-
-
-class LoraSpec(Config):
-    """LoRA adapters (peft) instead of full fine-tuning."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    targets: list[str] = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ]
 
 
 class GRPOConfig(Config):
@@ -378,19 +362,8 @@ def prepare_policy(cfg: GRPOConfig, ckpt_path: Path | None) -> tuple[Any, Any]:
         model, tokenizer = load_model(str(ckpt_path) if ckpt_path is not None else cfg.model)
         model.requires_grad_(True)
         return model, tokenizer
-    from peft import LoraConfig, PeftModel, get_peft_model
-
     model, tokenizer = load_model(cfg.model)
-    if ckpt_path is not None:
-        return PeftModel.from_pretrained(model, str(ckpt_path), is_trainable=True), tokenizer
-    lora = LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.targets),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora), tokenizer
+    return add_lora(model, cfg.lora, ckpt_path), tokenizer
 
 
 def make_reference(cfg: GRPOConfig) -> Any | None:

@@ -1,7 +1,7 @@
 """Supervised fine-tuning on chat JSONL: loss on assistant tokens only, LoRA or full weights.
 
     ownlm train sft --config examples/sft.yaml
-    ownlm train sft --config examples/sft.yaml --set max_steps=60 --set finetune=full
+    ownlm train sft --config examples/sft.yaml --set max_steps=60 --set lora=null
 
 Writes <run_dir>/config.yaml, metrics.jsonl (train/loss, eval/loss, ...), step_N/ checkpoints that
 resume exactly, and final/ (an HF model dir, or a peft adapter dir for LoRA).
@@ -37,6 +37,7 @@ from ownlm.train.datasets import (
     tokenize_chat,
     truncate_chat,
 )
+from ownlm.train.lora import LoraSpec, add_lora
 from ownlm.train.schedule import lr_factor
 from ownlm.train.sequence_logprobs import counted_token_logprobs
 
@@ -44,7 +45,7 @@ from ownlm.train.sequence_logprobs import counted_token_logprobs
 RESUME_KEYS = [
     "model", "train_file", "eval_file", "eval_fraction", "seed", "max_seq_len", "batch_size",
     "micro_batch_size", "max_steps", "lr", "lr_schedule", "warmup_steps", "weight_decay",
-    "max_grad_norm", "finetune", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "max_grad_norm", "lora",
 ]  # fmt: skip
 
 
@@ -66,13 +67,7 @@ class SFTConfig(Config):
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    finetune: Literal["lora", "full"] = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-    ]  # fmt: skip
+    lora: LoraSpec | None = LoraSpec()  # None (`lora: null`): train all weights
     eval_every_steps: int = 10
     save_every_steps: int = 25
     keep_last_checkpoints: int = 2
@@ -166,7 +161,7 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
     resume = latest_checkpoint(run_dir) if cfg.resume else None
     if resume is not None:
         check_resume_compatible(resume, cfg.model_dump(mode="json"), RESUME_KEYS)
-    if cfg.finetune == "full" and resume is not None:
+    if cfg.lora is None and resume is not None:
         model, tokenizer = load_model(str(resume.path))
     else:
         model, tokenizer = load_model(cfg.model)
@@ -175,20 +170,8 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
         raise ConfigError(
             f"max_seq_len {cfg.max_seq_len} exceeds the model's {max_pos} positions; lower it"
         )
-    if cfg.finetune == "lora":
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        if resume is not None:
-            model = PeftModel.from_pretrained(model, str(resume.path), is_trainable=True)
-        else:
-            lora = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=list(cfg.lora_target_modules),
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, lora)
+    if cfg.lora is not None:
+        model = add_lora(model, cfg.lora, resume.path if resume is not None else None)
     model.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 

@@ -45,6 +45,10 @@ def tiny_dir(tiny_dir: Path) -> Path:
     return out
 
 
+def _finetune(kind: str) -> dict[str, Any]:
+    return {} if kind == "lora" else {"lora": None}
+
+
 def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> DPOConfig:
     base: dict[str, Any] = {
         "model": str(tiny_dir / "model"),
@@ -57,8 +61,7 @@ def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> DPOConfig:
         "max_steps": 3,
         "beta": 0.5,
         "lr": 1e-2,
-        "lora_r": 4,
-        "lora_alpha": 8,
+        "lora": {"r": 4, "alpha": 8},
         "eval_every_steps": 1,
         "save_every_steps": 1,
         "progress": False,
@@ -76,7 +79,7 @@ def _values(run_dir: Path, key: str) -> list[float]:
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_margin_starts_at_zero_and_rises(tiny_dir: Path, tmp_path: Path, finetune: str) -> None:
-    summary = train_dpo(_config(tiny_dir, tmp_path / "run", finetune=finetune, max_steps=4))
+    summary = train_dpo(_config(tiny_dir, tmp_path / "run", max_steps=4, **_finetune(finetune)))
     first = _metrics(tmp_path / "run")[0]
     # policy == reference before training: every implicit reward is exactly 0
     assert first["step"] == 0
@@ -108,7 +111,8 @@ class Crash(Exception):
 def test_resume_after_crash_equals_uninterrupted(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finetune: str
 ) -> None:
-    over: dict[str, Any] = {"max_steps": 4, "finetune": finetune, "lora_dropout": 0.1}
+    lora = {"r": 4, "alpha": 8, "dropout": 0.1} if finetune == "lora" else None
+    over: dict[str, Any] = {"max_steps": 4, "lora": lora}
     cfg = _config(tiny_dir, tmp_path / "crashed", **over)
     real_save = dpo.save_checkpoint
 
@@ -134,7 +138,7 @@ def test_resume_after_crash_equals_uninterrupted(
 def test_outputs_load_with_transformers_and_peft(tiny_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 
-    train_dpo(_config(tiny_dir, tmp_path / "full", finetune="full", max_steps=1))
+    train_dpo(_config(tiny_dir, tmp_path / "full", lora=None, max_steps=1))
     full = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "final")
     base = AutoModelForCausalLM.from_pretrained(tiny_dir / "model")
     assert not torch.equal(full.model.norm.weight, base.model.norm.weight)

@@ -61,8 +61,7 @@ def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> SFTConfig:
         "micro_batch_size": 2,
         "max_steps": 3,
         "lr": 1e-2,
-        "lora_r": 4,
-        "lora_alpha": 8,
+        "lora": {"r": 4, "alpha": 8},
         "eval_every_steps": 2,
         "save_every_steps": 1,
         "progress": False,
@@ -90,8 +89,8 @@ def test_three_steps_match_reference_losses(tiny_dir: Path, tmp_path: Path) -> N
 
 
 def test_accumulation_2x2_equals_1x4(tiny_dir: Path, tmp_path: Path) -> None:
-    train_sft(_config(tiny_dir, tmp_path / "a", micro_batch_size=2, finetune="full"))
-    train_sft(_config(tiny_dir, tmp_path / "b", micro_batch_size=4, finetune="full"))
+    train_sft(_config(tiny_dir, tmp_path / "a", micro_batch_size=2, lora=None))
+    train_sft(_config(tiny_dir, tmp_path / "b", micro_batch_size=4, lora=None))
     assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), abs=1e-5)
     wa = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "final").state_dict()
     wb = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "final").state_dict()
@@ -108,7 +107,8 @@ def test_resume_after_crash_equals_uninterrupted(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finetune: str
 ) -> None:
     # LoRA dropout draws from the torch RNG each step, so the RNG state must resume too.
-    over: dict[str, Any] = {"max_steps": 4, "finetune": finetune, "lora_dropout": 0.1}
+    lora = {"r": 4, "alpha": 8, "dropout": 0.1} if finetune == "lora" else None
+    over: dict[str, Any] = {"max_steps": 4, "lora": lora}
     cfg = _config(tiny_dir, tmp_path / "crashed", **over)
     real_save = sft.save_checkpoint
 
@@ -141,7 +141,7 @@ def test_resume_with_a_different_seed_is_refused(tiny_dir: Path, tmp_path: Path)
 def test_outputs_load_with_transformers_and_peft(tiny_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 
-    train_sft(_config(tiny_dir, tmp_path / "full", finetune="full", max_steps=1))
+    train_sft(_config(tiny_dir, tmp_path / "full", lora=None, max_steps=1))
     full = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "final")
     base = AutoModelForCausalLM.from_pretrained(tiny_dir / "model")
     assert not torch.equal(full.model.norm.weight, base.model.norm.weight)

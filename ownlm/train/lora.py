@@ -1,0 +1,41 @@
+"""LoRA adapters (peft) for every recipe: one config class and one way to attach or resume them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ownlm.config import Config
+
+
+class LoraSpec(Config):
+    """LoRA adapters instead of full fine-tuning (a recipe's `lora: null` trains all weights)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    targets: list[str] = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+
+
+def add_lora(model: Any, spec: LoraSpec, resume_from: str | Path | None = None) -> Any:
+    """Wrap model in trainable LoRA adapters: new ones from spec, or a checkpoint's to resume."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if resume_from is not None:
+        return PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
+    lora = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.targets),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
