@@ -119,6 +119,20 @@ def load_trainer_state(
     set_rng_state(state["rng"])
 
 
+def keep_metrics_until(path: Path, step: int | None) -> list[dict[str, Any]]:
+    """Keep the metric records of steps <= step (None: keep none), rewrite the file, return them.
+
+    A run killed after logging a step but before checkpointing it left lines that the resumed
+    run will log again.
+    """
+    records: list[dict[str, Any]] = []
+    if step is not None and path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        records = [r for r in map(json.loads, lines) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
 def check_resume_compatible(ckpt: ResumeState, current: dict[str, Any], keys: list[str]) -> None:
     """Stop when a resumed run's config disagrees with the checkpoint on a result-changing key."""
     saved = ckpt.meta.get("config", {})

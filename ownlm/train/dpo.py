@@ -27,6 +27,7 @@ from ownlm.errors import ConfigError, DataError
 from ownlm.models.load import load_model
 from ownlm.train.checkpoint import (
     check_resume_compatible,
+    keep_metrics_until,
     latest_checkpoint,
     load_trainer_state,
     save_checkpoint,
@@ -221,17 +222,10 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
     )
     start_step = 0
     metrics_path = run_dir / "metrics.jsonl"
-    records: list[dict[str, Any]] = []
     if resume is not None:
         load_trainer_state(resume, optimizer, scheduler)
         start_step = resume.step
-        # A crash after logging a step but before its checkpoint leaves lines to drop.
-        if metrics_path.exists():
-            lines = metrics_path.read_text().splitlines()
-            records = [r for r in map(json.loads, lines) if r["step"] <= start_step]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    else:
-        metrics_path.write_text("")
+    records = keep_metrics_until(metrics_path, start_step if resume is not None else None)
     dump_config(cfg, run_dir / "config.yaml")
 
     def log(record: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from ownlm.rollout.sampler import sample_completions
 from ownlm.rollout.types import Completions, SamplingParams
 from ownlm.train.checkpoint import (
     check_resume_compatible,
+    keep_metrics_until,
     latest_checkpoint,
     load_trainer_state,
     save_checkpoint,
@@ -454,15 +455,6 @@ def eval_accuracy(
                 t, split_thinking(text, thinking_open=cfg.enable_thinking)[1]
             ).correct
     return correct / max(len(tasks), 1)
-
-
-def keep_metrics_until(path: Path, step: int) -> None:
-    """Drop metric lines past `step` (a killed run may have logged steps after its checkpoint)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in kept))
 
 
 def save_final(run_dir: Path, model: Any, tokenizer: Any, cfg: GRPOConfig) -> Path:
