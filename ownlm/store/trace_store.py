@@ -13,12 +13,16 @@ import dataclasses
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy import (
     Engine,
+    Float,
+    Integer,
     case,
+    cast,
     create_engine,
     event,
     func,
@@ -54,6 +58,27 @@ def engine_url(url: str) -> str:
 def hash_key(secret: str) -> str:
     """sha256 hex of an API key secret: what the store keeps and looks keys up by."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass
+class UsageTotals:
+    """Chat traces of one (time bucket, variant, alias, upstream), summed by `usage_totals`."""
+
+    bucket_start: float  # unix seconds, a multiple of the bucket size
+    variant: str
+    alias: str
+    upstream: str
+    requests: int
+    errors: int  # status >= 400
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    rated: int  # traces with a thumbs or a score
+    successes: int  # traces with a thumbs up or a score >= the threshold
+    value_usd: float  # sum of feedback values given
+    unvalued_successes: int  # successes whose feedback gave no value
+    first_at: float  # created_at of the first and last trace in the group
+    last_at: float
 
 
 class TraceStore:
@@ -122,6 +147,112 @@ class TraceStore:
         )
         with self.engine.connect() as conn:
             return {k: float(v or 0.0) for k, v in conn.execute(query)}
+
+    # -- usage figures (read only, for ownlm.report) ------------------------------------------
+
+    def usage_totals(
+        self,
+        *,
+        bucket_s: float,
+        success_min_score: float,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[UsageTotals]:
+        """Chat traces summed per (time bucket, variant, alias, upstream), feedback joined in SQL.
+
+        A trace succeeds when any of its feedback rows is a thumbs up or has a score >=
+        `success_min_score`; it is rated when any row has thumbs or a score. `value_usd` sums the
+        feedback `value`s given; `unvalued_successes` counts successes with no value given.
+        """
+        tr, fb = t.traces, t.feedback
+        per_trace = (
+            select(
+                fb.c.trace_id,
+                func.max(
+                    case((fb.c.thumbs.is_not(None) | fb.c.score.is_not(None), 1), else_=0)
+                ).label("rated"),
+                func.max(
+                    case(((fb.c.thumbs > 0) | (fb.c.score >= success_min_score), 1), else_=0)
+                ).label("ok"),
+                func.sum(fb.c.value).label("value"),
+                func.count(fb.c.value).label("n_value"),
+            )
+            .group_by(fb.c.trace_id)
+            .subquery()
+        )
+        scaled = tr.c.created_at / bucket_s
+        # created_at >= 0, so SQLite's truncating cast is a floor; PostgreSQL's cast rounds
+        index = func.floor(scaled) if self.engine.dialect.name != "sqlite" else scaled
+        bucket = (cast(index, Integer) * bucket_s).label("bucket")
+        ok = func.coalesce(per_trace.c.ok, 0)
+        keys = (bucket, tr.c.variant, tr.c.alias, tr.c.upstream)
+        query = (
+            select(
+                *keys,
+                func.count(),
+                func.sum(case((tr.c.status >= 400, 1), else_=0)),
+                func.sum(tr.c.prompt_tokens),
+                func.sum(tr.c.completion_tokens),
+                func.sum(cast(tr.c.cost_usd, Float)),
+                func.sum(func.coalesce(per_trace.c.rated, 0)),
+                func.sum(ok),
+                func.coalesce(func.sum(per_trace.c.value), 0.0),
+                func.sum(case((func.coalesce(per_trace.c.n_value, 0) == 0, ok), else_=0)),
+                func.min(tr.c.created_at),
+                func.max(tr.c.created_at),
+            )
+            .select_from(tr.outerjoin(per_trace, per_trace.c.trace_id == tr.c.trace_id))
+            .where(tr.c.endpoint == "chat.completions")
+            .group_by(*keys)
+            .order_by(*keys)
+        )
+        if since is not None:
+            query = query.where(tr.c.created_at >= since)
+        if until is not None:
+            query = query.where(tr.c.created_at < until)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as err:
+            raise StoreError(f"cannot read usage totals: {err}") from err
+        return [
+            UsageTotals(
+                float(r[0]),
+                r[1],
+                r[2],
+                r[3],
+                int(r[4]),
+                int(r[5]),
+                int(r[6]),
+                int(r[7]),
+                float(r[8]),
+                int(r[9]),
+                int(r[10]),
+                float(r[11]),
+                int(r[12]),
+                float(r[13]),
+                float(r[14]),
+            )
+            for r in rows
+        ]
+
+    def latencies(
+        self, since: float | None = None, until: float | None = None
+    ) -> list[tuple[str, str, float]]:
+        """(variant, alias, latency_ms) of every chat trace in the window, for percentiles."""
+        tr = t.traces
+        query = select(tr.c.variant, tr.c.alias, tr.c.latency_ms).where(
+            tr.c.endpoint == "chat.completions"
+        )
+        if since is not None:
+            query = query.where(tr.c.created_at >= since)
+        if until is not None:
+            query = query.where(tr.c.created_at < until)
+        try:
+            with self.engine.connect() as conn:
+                return [(v, a, float(ms)) for v, a, ms in conn.execute(query)]
+        except SQLAlchemyError as err:
+            raise StoreError(f"cannot read latencies: {err}") from err
 
     # -- feedback ----------------------------------------------------------------------------
 
