@@ -50,29 +50,32 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside `X`, `X | None`, `list[X]` or `dict[str, X]`, if any."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside `X`, `X | None`, `list[X]`, `dict[str, X]` or a union."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
 def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str]]:
     """Walk the model along loc (skipping list indices and dict keys) and return (bad key,
-    known keys at that level)."""
+    known keys at that level). In a tagged union, pydantic puts the tag (the `kind`) in loc."""
     model: type[BaseModel] = cls
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             continue  # a list index or a dict key: stay on the element's model
-        inner = _model_in(field.annotation)
-        if inner is None:
+        inner = _models_in(field.annotation)
+        if not inner:
             return str(loc[-1]), []
-        model = inner
+        model = inner[0]
+        for m in inner:
+            kind = m.model_fields.get("kind")
+            if parts and kind is not None and kind.default == parts[0]:
+                model = m
+                parts.pop(0)
     return str(loc[-1]), list(model.model_fields)
 
 

@@ -12,7 +12,7 @@ ever trained on, even for tasks whose question space is small.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -40,6 +40,7 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 class ReasoningGymConfig(Config):
     """Which reasoning-gym task, how hard, and the reward for each outcome."""
 
+    kind: Literal["reasoning_gym"] = "reasoning_gym"
     task: str = DEFAULT_TASK
     task_kwargs: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_TASK_KWARGS))
     # reasoning-gym seeds item i with seed + i, so nearby seeds draw the same questions one apart:

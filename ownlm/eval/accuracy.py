@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ownlm.config import Config
-from ownlm.envs.reasoning_gym import ReasoningGymConfig, ReasoningGymEnv
+from ownlm.envs.registry import EnvConfig, env_field, make_env
 from ownlm.errors import ConfigError
 from ownlm.models.chat import encode_prompt, split_thinking
 from ownlm.models.load import load_model
@@ -30,7 +30,7 @@ class EvalConfig(Config):
     """What to evaluate, on which problems, and how to sample."""
 
     model: str = "smollm2-135m"
-    env: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig)
+    env: EnvConfig = env_field()
     n_problems: int = Field(default=200, ge=1)
     split: str = "test"
     enable_thinking: bool = False
@@ -138,7 +138,7 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Ev
         raise ConfigError(f"split must be 'train' or 'test', got '{cfg.split}'")
     if model is None or tokenizer is None:
         model, tokenizer = load_model(cfg.model)
-    env = ReasoningGymEnv(cfg.env)
+    env = make_env(cfg.env)
     tasks = env.tasks(cfg.split, cfg.n_problems)
     params = SamplingParams(
         max_new_tokens=cfg.max_new_tokens,

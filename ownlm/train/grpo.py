@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, model_validator
 from tqdm import tqdm
 
 from ownlm.config import Config, dump_config
 from ownlm.envs.base import Env, Task
-from ownlm.envs.reasoning_gym import ReasoningGymConfig, ReasoningGymEnv
+from ownlm.envs.registry import EnvConfig, env_field, make_env
 from ownlm.errors import OwnlmError
 from ownlm.models.chat import encode_prompt, split_thinking
 from ownlm.models.load import load_model
@@ -61,7 +61,7 @@ class GRPOConfig(Config):
     """Every knob of a GRPO-family run."""
 
     model: str = "smollm2-135m"
-    env: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig)
+    env: EnvConfig = env_field()
     run_dir: str = "runs/grpo"
     seed: int = 0
     steps: int = 40
@@ -156,7 +156,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    env = env if env is not None else ReasoningGymEnv(cfg.env)
+    env = env if env is not None else make_env(cfg.env)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         check_resume_compatible(ckpt, cfg.model_dump(mode="json"), RESUME_KEYS)

@@ -1,0 +1,151 @@
+"""An env over an exported RL prompt set: the app's own prompts as an RL task.
+
+`ownlm export` (kind `rl`) writes one JSON object per line (docs/export.md):
+
+    {"id": "...", "messages": [...], "answer": "42" | null, "verifier": "reasoning_gym:chain_sum",
+     "metadata": {...}}
+
+`reset` returns the row's messages as the app sent them; `score` grades a completion with the
+reward source in the config, or, when the config names none, with the row's own `verifier`:
+`reasoning_gym:<task>` (reasoning-gym's answer check after ownlm's answer extraction), `exact`
+(the extracted answer equals `answer`, numbers compared by value) or `module:function` (a Python
+function the user writes, see ownlm/envs/rewards.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ownlm.config import Config
+from ownlm.envs.base import Message, Score, Task
+from ownlm.errors import ConfigError, DataError
+
+
+class PromptSetConfig(Config):
+    """Where the prompt set is and how completions are rewarded."""
+
+    kind: Literal["prompt_set"] = "prompt_set"
+    train_path: str = Field(description="rl_train.jsonl written by `ownlm export`")
+    test_path: str | None = Field(None, description="rl_eval.jsonl; default: no test split")
+    reward_correct: float = 1.0
+    reward_wrong: float = 0.1  # an answer was found but it is not the right one
+    reward_malformed: float = 0.0  # no final answer
+
+
+def read_prompt_set(path: str | Path) -> list[Task]:
+    """Tasks of a prompt-set JSONL; errors name the file and line."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as err:
+        raise DataError(f"{p}: no such prompt set; write one with `ownlm export`") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{p}: cannot read it as UTF-8 text ({err})") from err
+    tasks = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{p}:{number}: not JSON ({err.msg})") from err
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{p}:{number}: a prompt-set row needs a non-empty 'messages' list")
+        users = [
+            m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"
+        ]
+        if not users or not isinstance(users[-1], str):
+            raise DataError(f"{p}:{number}: the messages have no user turn with text content")
+        answer = row.get("answer")
+        tasks.append(
+            Task(
+                id=str(row.get("id", f"{p.stem}/{number}")),
+                question=users[-1],
+                answer="" if answer is None else str(answer),
+                metadata={
+                    "messages": messages,
+                    "verifier": str(row.get("verifier") or "exact"),
+                    **(row.get("metadata") or {}),
+                },
+            )
+        )
+    if not tasks:
+        raise DataError(f"{p}: the prompt set is empty; export traces with `ownlm export`")
+    return tasks
+
+
+class PromptSetEnv:
+    """Env protocol over a prompt set (see module docstring)."""
+
+    def __init__(self, cfg: PromptSetConfig) -> None:
+        self.cfg = cfg
+        self.name = f"prompt_set/{Path(cfg.train_path).stem}"
+        self._splits: dict[str, list[Task]] = {}
+        self._verifiers: dict[str, Any] = {}
+
+    def _split(self, split: str) -> list[Task]:
+        if split not in self._splits:
+            if split == "train":
+                path = self.cfg.train_path
+            elif split == "test":
+                if self.cfg.test_path is None:
+                    raise ConfigError("this prompt set has no test split; set env.test_path")
+                path = self.cfg.test_path
+            else:
+                raise ConfigError(f"unknown split '{split}'; use 'train' or 'test'")
+            self._splits[split] = read_prompt_set(path)
+        return self._splits[split]
+
+    def tasks(self, split: str, n: int) -> list[Task]:
+        """The first n rows of a split (all of them when it has fewer)."""
+        if n < 0:
+            raise ConfigError(f"number of problems must be >= 0, got {n}")
+        return self._split(split)[:n]
+
+    def reset(self, task: Task) -> list[Message]:
+        """The messages the app sent, as exported."""
+        return [dict(m) for m in task.metadata["messages"]]
+
+    def score(self, task: Task, completion: str) -> Score:
+        """Grade with the row's verifier (see module docstring)."""
+        name = str(task.metadata.get("verifier", "exact"))
+        verify = self._verifiers.get(name)
+        if verify is None:
+            verify = self._verifiers[name] = resolve_verifier(name, self.cfg)
+        return verify(task, completion)
+
+
+def resolve_verifier(name: str, cfg: PromptSetConfig) -> Any:
+    """A (task, completion) -> Score function for a verifier name."""
+    from ownlm.envs.answer import answers_match, extract_answer
+    from ownlm.envs.reasoning_gym import ReasoningGymConfig, ReasoningGymEnv
+
+    if name.startswith("reasoning_gym:"):
+        rg = ReasoningGymEnv(
+            ReasoningGymConfig(
+                task=name.split(":", 1)[1],
+                task_kwargs={},
+                reward_correct=cfg.reward_correct,
+                reward_wrong=cfg.reward_wrong,
+                reward_malformed=cfg.reward_malformed,
+            )
+        )
+        return rg.score
+    if name == "exact":
+
+        def exact(task: Task, completion: str) -> Score:
+            got = extract_answer(completion)
+            if got is None:
+                return Score(cfg.reward_malformed, correct=False, well_formed=False)
+            ok = answers_match(got, task.answer)
+            return Score(cfg.reward_correct if ok else cfg.reward_wrong, ok, True, got)
+
+        return exact
+    raise ConfigError(
+        f"unknown verifier {name!r}; use 'exact' or 'reasoning_gym:<task>' (or set env.reward)"
+    )
