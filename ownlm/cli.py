@@ -40,6 +40,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "train_classifier",
         "train the difficulty classifier from labelled traces",
     ),
+    "report": (
+        "ownlm.report.build",
+        "ReportConfig",
+        "print_report",
+        "TFP, cost per success, own-model share and savings; HTML dashboard",
+    ),
     "router labels": (
         "ownlm.router.difficulty_set",
         "DifficultySetConfig",
