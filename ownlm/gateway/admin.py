@@ -5,6 +5,8 @@ GET  /admin/keys          keys with their limits and spend (hashes only)
 POST /admin/keys/disable  {"key_id"}
 GET  /admin/models        models, their upstreams and prices
 GET  /admin/experiments   per-arm traces, feedback and cost of every experiment
+GET  /dashboard           the report's HTML dashboard from the live store (admin key, or open
+                          when require_keys is false); ?bucket=hour&reference_variant=... etc.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
-from ownlm.gateway.asgi import Receive, Scope, Send, read_body, send_json
+from ownlm.gateway.asgi import Receive, Scope, Send, read_body, send_bytes, send_json
 from ownlm.gateway.config import GatewayConfig
 from ownlm.gateway.wire import WireError, parse_json_object
 from ownlm.store.schema import ApiKey, Experiment, Feedback
@@ -183,12 +186,39 @@ def routes(gw: Gateway) -> dict[tuple[str, str], Handler]:
             out[name] = [dataclasses.asdict(s) for s in stats]
         await send_json(send, 200, {"experiments": out})
 
+    async def dashboard(scope: Scope, receive: Receive, send: Send) -> None:
+        if gw.cfg.require_keys:
+            require_admin(scope)
+        from ownlm.report.build import ModelPrice, ReportConfig
+        from ownlm.report.dashboard import dashboard_page
+
+        cfg = gw.cfg
+        report_cfg = ReportConfig(
+            store_url=cfg.store_url,
+            own_models=[
+                n for n, m in cfg.models.items() if cfg.upstreams[m.upstream].kind == "local"
+            ],
+            prices={
+                n: ModelPrice(
+                    in_usd_per_mtok=m.price_in_usd_per_mtok,
+                    out_usd_per_mtok=m.price_out_usd_per_mtok,
+                )
+                for n, m in cfg.models.items()
+                if m.price_in_usd_per_mtok or m.price_out_usd_per_mtok
+            },
+        )
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        assert gw.store is not None
+        status, html = await asyncio.to_thread(dashboard_page, gw.store, report_cfg, query)
+        await send_bytes(send, status, html.encode(), content_type=b"text/html; charset=utf-8")
+
     return {
         ("POST", "/admin/keys"): create_key,
         ("GET", "/admin/keys"): list_keys,
         ("POST", "/admin/keys/disable"): disable_key,
         ("GET", "/admin/models"): list_models,
         ("GET", "/admin/experiments"): experiments,
+        ("GET", "/dashboard"): dashboard,
     }
 
 

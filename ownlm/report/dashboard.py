@@ -10,9 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
-from ownlm.report.build import Report
+from ownlm.config import validate_config
+from ownlm.errors import ConfigError, DataError
+from ownlm.report.build import Report, ReportConfig, collect_report
 from ownlm.report.figures import Figures
 from ownlm.report.svg import bar_chart, line_chart
+from ownlm.store.trace_store import TraceStore
 
 # colour-blind-safe (Okabe-Ito), one per model in the order of report.by_model
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
@@ -250,3 +253,43 @@ A trace's value is its feedback value when given, else ${report.value_per_succes
 success (thumbs up or score at the threshold){ref}.</p>{notes}</section>
 </body></html>
 """
+
+
+# what GET /dashboard?key=value may change; never paths or the store (the page writes nothing)
+QUERY_KEYS = (
+    "bucket",
+    "since",
+    "until",
+    "reference_variant",
+    "split_at",
+    "split_at_variant",
+    "value_per_success_usd",
+    "success_min_score",
+)
+
+
+def _message_page(title: str, message: str) -> str:
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}"
+        f"</title><style>{CSS}</style></head><body><header><h1>{escape(title)}</h1></header>"
+        f"<section><p>{escape(message)}</p></section></body></html>"
+    )
+
+
+def dashboard_page(store: TraceStore, cfg: ReportConfig, query: dict[str, str]) -> tuple[int, str]:
+    """(HTTP status, HTML) of the live dashboard; `query` may override the keys in QUERY_KEYS.
+
+    An empty store is a 200 page saying how to capture traffic; a bad query value is a 400.
+    """
+    unknown = sorted(set(query) - set(QUERY_KEYS))
+    if unknown:
+        return 400, _message_page(
+            "bad query", f"unknown query keys {unknown}; known: {', '.join(QUERY_KEYS)}"
+        )
+    try:
+        merged = validate_config(ReportConfig, {**cfg.model_dump(), **query}, "query")
+        return 200, render_dashboard(collect_report(store, merged))
+    except ConfigError as err:
+        return 400, _message_page("bad query", str(err))
+    except DataError as err:
+        return 200, _message_page(cfg.title, str(err))
