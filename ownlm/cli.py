@@ -26,7 +26,19 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     ),
     "train dpo": ("ownlm.train.dpo", "DPOConfig", "train_dpo", "direct preference optimisation"),
     "train grpo": ("ownlm.train.grpo", "GRPOConfig", "train_grpo", "RL with verifiable rewards"),
+    "train rm": (
+        "ownlm.train.reward_model",
+        "RewardModelConfig",
+        "train_reward_model",
+        "reward model (Bradley-Terry) on preference-pair JSONL",
+    ),
     "eval": ("ownlm.eval.accuracy", "EvalConfig", "run_eval", "held-out accuracy with a 95%% CI"),
+    "gate": (
+        "ownlm.eval.gate",
+        "GateConfig",
+        "gate_command",
+        "candidate vs incumbent: domain gain, general regression; records the decision",
+    ),
     "models convert": (
         "ownlm.models.convert",
         "ConvertConfig",
@@ -34,6 +46,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "convert the pip-shipped GGUF to a trainable safetensors dir",
     ),
     "serve": ("ownlm.gateway.server", "GatewayConfig", "serve", "OpenAI-compatible gateway"),
+    "export": (
+        "ownlm.data.export",
+        "ExportConfig",
+        "export",
+        "traces to SFT chats, preference pairs and RL prompt sets (JSONL)",
+    ),
     "router train": (
         "ownlm.router.classifier",
         "ClassifierTrainConfig",

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +22,14 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
+    and_,
     case,
     cast,
     create_engine,
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -132,6 +135,40 @@ class TraceStore:
             query = query.where(t.traces.c.created_at > since)
         with self.engine.connect() as conn:
             return [Trace(**r._asdict()) for r in conn.execute(query)]
+
+    def iter_traces(
+        self, since: float | None = None, until: float | None = None, page_size: int = 1000
+    ) -> Iterator[Trace]:
+        """All traces with since <= created_at < until, oldest first, read page by page.
+
+        Pages are keyed on (created_at, trace_id), not OFFSET, so each page is an index seek and
+        traces written during the read do not shift later pages.
+        """
+        tr = t.traces
+        query = select(tr).order_by(tr.c.created_at, tr.c.trace_id).limit(page_size)
+        if since is not None:
+            query = query.where(tr.c.created_at >= since)
+        if until is not None:
+            query = query.where(tr.c.created_at < until)
+        after: tuple[float, str] | None = None
+        while True:
+            page_query = query
+            if after is not None:
+                page_query = query.where(
+                    or_(
+                        tr.c.created_at > after[0],
+                        and_(tr.c.created_at == after[0], tr.c.trace_id > after[1]),
+                    )
+                )
+            try:
+                with self.engine.connect() as conn:
+                    page = [Trace(**r._asdict()) for r in conn.execute(page_query)]
+            except SQLAlchemyError as err:
+                raise StoreError(f"cannot read traces from {self.url!r}: {err}") from err
+            yield from page
+            if len(page) < page_size:
+                return
+            after = (page[-1].created_at, page[-1].trace_id)
 
     def count_traces(self) -> int:
         """Number of stored traces."""

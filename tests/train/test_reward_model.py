@@ -1,0 +1,206 @@
+"""Tests for the reward-model recipe on a tiny random Llama: the loss by hand, learning a
+preference, resume, saving and loading, scoring in batches."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ownlm.config import load_config
+from ownlm.errors import ConfigError, DataError, ModelLoadError
+from ownlm.train import reward_model
+from ownlm.train.datasets import epoch_order
+from ownlm.train.reward_model import (
+    RewardModelConfig,
+    bradley_terry_loss,
+    load_reward_model,
+    train_reward_model,
+    wilson_interval,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+POLITE = ["Sure, happy to help: {x}.", "Of course! It is {x}.", "Thanks for asking, {x}."]
+RUDE = ["{x}. Stop bothering me.", "Ugh, obviously {x}.", "Figure it out yourself: {x}!"]
+
+
+def _pair_rows(seed: int, *, shuffle_labels: bool = False) -> list[dict[str, Any]]:
+    """A learnable preference: polite answers chosen over rude ones, same number in both.
+    shuffle_labels swaps chosen and rejected at random: a control with nothing to learn."""
+    rng = random.Random(seed)
+    rows = []
+    for a in range(8):
+        for b in range(8):
+            x = a + b
+            good = rng.choice(POLITE).format(x=x)
+            bad = rng.choice(RUDE).format(x=x)
+            if shuffle_labels and rng.random() < 0.5:
+                good, bad = bad, good
+            rows.append({"prompt": f"{a} + {b}?", "chosen": good, "rejected": bad})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_dir: Path) -> Path:
+    """The tiny model of tests/train/conftest.py, with rm_pairs.jsonl and a shuffled control."""
+    for name, shuffle in (("rm_pairs.jsonl", False), ("rm_control.jsonl", True)):
+        rows = _pair_rows(0, shuffle_labels=shuffle)
+        (tiny_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tiny_dir
+
+
+def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> RewardModelConfig:
+    base: dict[str, Any] = {
+        "model": str(tiny_dir / "model"),
+        "train_file": str(tiny_dir / "rm_pairs.jsonl"),
+        "eval_fraction": 0.25,
+        "run_dir": str(run_dir),
+        "max_seq_len": 96,
+        "batch_size": 8,
+        "micro_batch_size": 4,
+        "max_steps": 3,
+        "lr": 1e-2,
+        "lora": {"r": 4, "alpha": 8},
+        "eval_every_steps": 1,
+        "save_every_steps": 1,
+        "progress": False,
+    }
+    return RewardModelConfig(**{**base, **over})
+
+
+def _metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _values(run_dir: Path, key: str) -> list[float]:
+    return [r[key] for r in _metrics(run_dir) if key in r]
+
+
+def test_bradley_terry_loss_by_hand() -> None:
+    # pair 1: equal rewards -> log 2 = 0.693147; pair 2: margin 1 -> log(1 + e^-1) = 0.313262
+    loss = bradley_terry_loss(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]))
+    assert float(loss) == pytest.approx((0.693147 + 0.313262) / 2, abs=1e-6)
+
+
+def test_wilson_interval_by_hand() -> None:
+    # 8 of 10: centre (0.8 + 0.19208) / 1.38416 = 0.7167, half 0.2265
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_learns_polite_over_rude_and_not_shuffled_labels(
+    tiny_dir: Path, tmp_path: Path, finetune: str
+) -> None:
+    over: dict[str, Any] = {"max_steps": 30, "eval_every_steps": 30, "save_every_steps": 30}
+    if finetune == "full":
+        over.update(lora=None, lr=3e-3)
+    summary = train_reward_model(_config(tiny_dir, tmp_path / "real", **over))
+    print(
+        "real", summary.eval_accuracy_before, summary.eval_accuracy_after, summary.eval_loss_after
+    )
+    assert summary.eval_pairs == 16 and summary.train_pairs == 48
+    # 16 held-out pairs: >= 15 right puts the Wilson lower bound above 0.7, well clear of chance
+    assert summary.eval_accuracy_after is not None and summary.eval_accuracy_after >= 15 / 16
+    assert summary.eval_accuracy_ci_low is not None and summary.eval_accuracy_ci_low > 0.7
+    assert summary.eval_loss_after is not None and summary.eval_loss_after < 0.3
+    # The same run on labels shuffled at random has nothing to learn: held-out accuracy stays
+    # near chance, so the accuracy above comes from the preference, not from the set-up.
+    control = train_reward_model(
+        _config(
+            tiny_dir, tmp_path / "control", train_file=str(tiny_dir / "rm_control.jsonl"), **over
+        )
+    )
+    assert control.eval_accuracy_after is not None and control.eval_accuracy_after <= 12 / 16
+
+
+def test_accumulation_2x4_equals_1x8(tiny_dir: Path, tmp_path: Path) -> None:
+    train_reward_model(_config(tiny_dir, tmp_path / "a", micro_batch_size=4))
+    train_reward_model(_config(tiny_dir, tmp_path / "b", micro_batch_size=8))
+    for key in ("train/loss", "eval/loss", "eval/margin"):
+        got, want = _values(tmp_path / "a", key), _values(tmp_path / "b", key)
+        assert got == pytest.approx(want, abs=1e-5), key
+
+
+class Crash(Exception):
+    """Stands in for a kill: raised where the process would die."""
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_resume_after_crash_equals_uninterrupted(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finetune: str
+) -> None:
+    lora = {"r": 4, "alpha": 8, "dropout": 0.1} if finetune == "lora" else None
+    over: dict[str, Any] = {"max_steps": 4, "lora": lora}
+    cfg = _config(tiny_dir, tmp_path / "crashed", **over)
+    real_save = reward_model.save_checkpoint
+
+    def save_then_die_at_step_3(run_dir: Path, step: int, *args: Any, **kw: Any) -> Path:
+        if step == 3:  # step 3 is logged but its checkpoint never written
+            raise Crash
+        return real_save(run_dir, step, *args, **kw)
+
+    monkeypatch.setattr(reward_model, "save_checkpoint", save_then_die_at_step_3)
+    with pytest.raises(Crash):
+        train_reward_model(cfg)
+    monkeypatch.setattr(reward_model, "save_checkpoint", real_save)
+    resumed = train_reward_model(cfg)
+    train_reward_model(_config(tiny_dir, tmp_path / "straight", **over))
+
+    assert resumed.resumed_from_step == 2
+    for key in ("train/loss", "train/grad_norm", "eval/loss", "eval/margin"):
+        got, want = _values(tmp_path / "crashed", key), _values(tmp_path / "straight", key)
+        assert got == pytest.approx(want, abs=1e-6), key
+    assert [r["step"] for r in _metrics(tmp_path / "crashed")] == [0, 1, 2, 3, 4]
+    with pytest.raises(ConfigError, match="it was run with lr=0.01 but the config now says"):
+        train_reward_model(_config(tiny_dir, tmp_path / "crashed", **{**over, "lr": 0.5}))
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_saved_model_loads_and_scores_like_training(
+    tiny_dir: Path, tmp_path: Path, finetune: str
+) -> None:
+    over: dict[str, Any] = {"max_steps": 2, "eval_fraction": 0.5}
+    if finetune == "full":
+        over["lora"] = None
+    summary = train_reward_model(_config(tiny_dir, tmp_path / "run", **over))
+    assert (Path(summary.final_dir) / "reward_head.safetensors").is_file()
+    rm = load_reward_model(tmp_path / "run", max_seq_len=96)  # run dir -> final/
+    rows = _pair_rows(0)
+    chosen = [_conv(r["prompt"], r["chosen"]) for r in rows[:6]]
+    batched = rm.score_texts(chosen, batch_size=4)
+    one_by_one = [rm.score_texts([c], batch_size=1)[0] for c in chosen]
+    assert batched == pytest.approx(one_by_one, abs=1e-5)
+    assert len({round(x, 4) for x in batched}) > 1  # the scores depend on the text
+    # The reloaded model (LoRA merged) reproduces the run's final held-out margin.
+    held_out = [rows[i] for i in epoch_order(len(rows), 0, epoch=-1)[: len(rows) // 2]]
+    r_chosen = rm.score_texts([_conv(r["prompt"], r["chosen"]) for r in held_out])
+    r_rejected = rm.score_texts([_conv(r["prompt"], r["rejected"]) for r in held_out])
+    margin = sum(c - r for c, r in zip(r_chosen, r_rejected, strict=True)) / len(held_out)
+    assert margin == pytest.approx(_values(tmp_path / "run", "eval/margin")[-1], abs=1e-4)
+
+
+def _conv(prompt: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def test_bad_inputs(tiny_dir: Path, tmp_path: Path) -> None:
+    yaml_path = tmp_path / "rm.yaml"
+    yaml_path.write_text("train_file: x.jsonl\nbatch_size: 6\nmicro_batch_size: 4\n")
+    with pytest.raises(ConfigError, match="batch_size 6 is not a multiple of micro_batch_size 4"):
+        load_config(RewardModelConfig, yaml_path)
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"prompt": "q", "chosen": "a", "rejected": "a"}\n')
+    with pytest.raises(DataError, match="line 1: 'chosen' and 'rejected' are identical"):
+        train_reward_model(_config(tiny_dir, tmp_path / "run", train_file=str(bad)))
+    with pytest.raises(ModelLoadError, match="no reward_head.safetensors in"):
+        load_reward_model(tiny_dir / "model")
+    rm_dir = tmp_path / "ok"
+    train_reward_model(_config(tiny_dir, rm_dir, max_steps=1))
+    with pytest.raises(DataError, match="does not end with an assistant message"):
+        load_reward_model(rm_dir).score_texts([[{"role": "user", "content": "hi"}]])
