@@ -1,0 +1,382 @@
+"""`ownlm export`: turn stored traces into SFT chats, preference pairs and RL prompt sets.
+
+    ownlm export --config examples/export.yaml --set out_dir=datasets/v2 --set kinds=[sft,rl]
+
+Reads top to bottom: open the store → read traces oldest first, dropping those a filter rejects
+or that cannot be written faithfully → redact PII in every kept text → build the rows of each
+kind → drop exact and near duplicates, first by time kept → split train/eval by session →
+write `<kind>_train.jsonl`, `<kind>_eval.jsonl` and, last, `manifest.json`. Each file is written
+to a temporary name and renamed, and an old manifest is removed first, so a directory whose
+manifest exists holds a complete export (the manifest has the sha256 of every file). Row formats:
+`ownlm/data/formats.py` and docs/export.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from tqdm import tqdm
+
+import ownlm
+from ownlm.config import Config
+from ownlm.data.dedupe import DedupeIndex, normalize_text
+from ownlm.data.filters import (
+    FilterConfig,
+    drop_reason,
+    passes_feedback,
+    trace_reward,
+    unix_seconds,
+)
+from ownlm.data.formats import (
+    Message,
+    SkipTrace,
+    answer_message,
+    map_texts,
+    message_text,
+    prompt_messages,
+    request_tools,
+    up_to_last_user,
+)
+from ownlm.data.redact import RedactConfig, Redactions, redact_pii
+from ownlm.data.split import assign_sides, group_key
+from ownlm.errors import DataError, StoreError
+from ownlm.store.schema import Feedback, Trace
+from ownlm.store.trace_store import TraceStore
+
+Kind = Literal["sft", "pairs", "rl"]
+# Keys whose string values are structure, not text a user wrote: never redacted.
+_STRUCTURE_KEYS = frozenset({"role", "type", "id", "tool_call_id", "name"})
+
+
+class DedupeConfig(Config):
+    """Duplicate removal within each kind; the first trace by time is kept."""
+
+    near_threshold: float | None = Field(0.8, gt=0.0, le=1.0)  # None: exact duplicates only
+    sft_on: Literal["prompt", "prompt_and_answer"] = "prompt"
+
+
+class PairsConfig(Config):
+    """Preference pairs: best and worst rated answer of each prompt."""
+
+    min_reward_gap: float = Field(0.0, ge=0.0)  # chosen reward - rejected reward must exceed it
+
+
+class RLConfig(Config):
+    """RL prompt sets: every row gets this verifier name and the reference from metadata."""
+
+    verifier: str = ""  # e.g. "reasoning_gym:chain_sum"; required when "rl" is in kinds
+    answer_key: str | None = "answer"  # trace.metadata key holding the reference answer
+
+
+class ExportConfig(Config):
+    """Everything `ownlm export` does; see docs/export.md."""
+
+    store_url: str = "sqlite:///ownlm.db"
+    out_dir: str = "datasets/export"
+    kinds: list[Kind] = Field(default_factory=lambda: ["sft", "pairs"], min_length=1)
+    filters: FilterConfig = FilterConfig()
+    dedupe: DedupeConfig | None = DedupeConfig()  # null: keep duplicates
+    redact: RedactConfig | None = RedactConfig()  # null: write texts as stored
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+    pairs: PairsConfig = PairsConfig()
+    rl: RLConfig = RLConfig()
+
+    @model_validator(mode="after")
+    def _rl_needs_verifier(self) -> ExportConfig:
+        if "rl" in self.kinds and not self.rl.verifier:
+            raise ValueError(
+                "kinds has 'rl' but rl.verifier is empty; set it, e.g. rl.verifier="
+                "reasoning_gym:chain_sum"
+            )
+        return self
+
+
+class ExportSummary(BaseModel):
+    """What an export wrote; also the content of `manifest.json`."""
+
+    out_dir: str
+    store_url: str
+    created_at: str
+    ownlm_version: str
+    traces_read: int
+    time_range: dict[str, str | None]
+    counts: dict[str, dict[str, int]]
+    dropped: dict[str, dict[str, int]]
+    redactions: dict[str, int]
+    files: dict[str, dict[str, Any]]
+    config: dict[str, Any]
+
+
+@dataclass
+class _Usable:
+    """A trace that passed the filters, its texts normalised and redacted."""
+
+    trace: Trace
+    prompt: list[Message]
+    answer: Message
+    tools: list[dict[str, Any]] | None
+    feedback: list[Feedback]
+    reference: str | None
+
+
+@dataclass
+class _Row:
+    kind: Kind
+    data: dict[str, Any]
+    dedupe_text: str
+    keys: list[str]  # group keys of the traces it came from
+
+
+def public_url(url: str) -> str:
+    """The store URL with any password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _open_store(url: str) -> TraceStore:
+    # An export only reads: a mistyped SQLite path must not create an empty store.
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url[len("sqlite:///") :])
+        if not path.is_file():
+            raise StoreError(
+                f"no store file at {path} (store_url {url!r}); pass the database the gateway "
+                "writes, e.g. sqlite:///ownlm.db"
+            )
+    return TraceStore(url)
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise DataError(
+            f"cannot write to out_dir {out_dir}: {err.strerror}; pick a writable directory"
+        ) from err
+
+
+def _write_atomic(path: Path, text: str) -> str:
+    """Write text to path via a temporary file and rename; returns its sha256."""
+    data = text.encode()
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+
+
+def _fmt_counts(counts: Counter[str]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.most_common()) or "none"
+
+
+def export(cfg: ExportConfig) -> ExportSummary:
+    """Write the datasets of cfg.kinds from the store to cfg.out_dir; returns the manifest."""
+    out_dir = Path(cfg.out_dir)
+    _check_writable(out_dir)
+    store = _open_store(cfg.store_url)
+    try:
+        total = store.count_traces()
+        if total == 0:
+            raise DataError(
+                f"the store {public_url(cfg.store_url)} has no traces; send traffic through "
+                "the gateway (ownlm serve) first"
+            )
+        feedback: dict[str, list[Feedback]] = defaultdict(list)
+        for fb in store.list_feedback():
+            feedback[fb.trace_id].append(fb)
+
+        # 1. read, filter, normalise, redact
+        since = unix_seconds(cfg.filters.since) if cfg.filters.since else None
+        until = unix_seconds(cfg.filters.until) if cfg.filters.until else None
+        read, usable = 0, []
+        dropped_filter: Counter[str] = Counter()
+        dropped_unusable: Counter[str] = Counter()
+        tally = Redactions()
+
+        def redact(obj: Any) -> Any:
+            if cfg.redact is None:
+                return obj
+            redact_cfg = cfg.redact
+            return map_texts(
+                obj, lambda s: redact_pii(s, redact_cfg, tally), skip_keys=_STRUCTURE_KEYS
+            )
+
+        traces = store.iter_traces(since=since, until=until)
+        for trace in tqdm(traces, total=total, desc="export", unit="trace", disable=None):
+            read += 1
+            reason = drop_reason(trace, cfg.filters)
+            if reason is not None:
+                dropped_filter[reason] += 1
+                continue
+            try:
+                prompt, answer = prompt_messages(trace), answer_message(trace)
+            except SkipTrace as skip:
+                dropped_unusable[skip.args[0]] += 1
+                continue
+            reference = trace.metadata.get(cfg.rl.answer_key) if cfg.rl.answer_key else None
+            usable.append(
+                _Usable(
+                    trace=trace,
+                    prompt=redact(prompt),
+                    answer=redact(answer),
+                    tools=redact(request_tools(trace)),
+                    feedback=feedback.get(trace.trace_id, []),
+                    reference=redact(str(reference)) if reference is not None else None,
+                )
+            )
+        if total > read:
+            dropped_filter["time_range"] = total - read
+        if not usable:
+            raise DataError(
+                f"no trace left to export: {total} traces in the store; dropped by filters "
+                f"({_fmt_counts(dropped_filter)}), unusable ({_fmt_counts(dropped_unusable)}); "
+                "loosen the filters"
+            )
+    finally:
+        store.close()
+
+    # 2. rows of each kind
+    rows: list[_Row] = []
+    dropped_feedback: Counter[str] = Counter()
+    for kind in cfg.kinds:
+        if kind == "pairs":
+            rows.extend(_pair_rows(usable, cfg.pairs.min_reward_gap))
+            continue
+        for u in usable:
+            if not passes_feedback(u.feedback, cfg.filters.feedback):
+                dropped_feedback[kind] += 1
+                continue
+            if kind == "sft":
+                data: dict[str, Any] = {"messages": [*u.prompt, u.answer]}
+                if u.tools is not None:
+                    data["tools"] = u.tools
+                text = message_text(u.prompt)
+                if cfg.dedupe is not None and cfg.dedupe.sft_on == "prompt_and_answer":
+                    text = message_text([*u.prompt, u.answer])
+            else:
+                try:
+                    messages = up_to_last_user(u.prompt)
+                except SkipTrace as skip:
+                    dropped_unusable[f"rl_{skip.args[0]}"] += 1
+                    continue
+                data = {
+                    "id": u.trace.trace_id,
+                    "messages": messages,
+                    "answer": u.reference,
+                    "verifier": cfg.rl.verifier,
+                    "metadata": {
+                        "alias": u.trace.alias,
+                        "created_at": u.trace.created_at,
+                        "tags": list(u.trace.tags),
+                    },
+                }
+                text = message_text(messages)
+            rows.append(_Row(kind, data, text, [group_key(u.trace)]))
+
+    # 3. duplicates, first by time kept (rows of a kind are in trace time order)
+    dropped_dedupe: Counter[str] = Counter()
+    if cfg.dedupe is not None:
+        indexes = {k: DedupeIndex(cfg.dedupe.near_threshold, cfg.seed) for k in cfg.kinds}
+        kept = []
+        for row in rows:
+            verdict = indexes[row.kind].check_and_add(row.dedupe_text)
+            if verdict == "new":
+                kept.append(row)
+            else:
+                dropped_dedupe[f"{row.kind}_{verdict}"] += 1
+        rows = kept
+
+    # 4. split: one union of session groups across all kinds, so a session has one side
+    sides = assign_sides([r.keys for r in rows], cfg.seed, cfg.eval_fraction)
+    counts = {k: {"train": 0, "eval": 0} for k in cfg.kinds}
+    lines: dict[str, list[str]] = {f"{k}_{s}.jsonl": [] for k in cfg.kinds for s in counts[k]}
+    for row, side in zip(rows, sides, strict=True):
+        counts[row.kind][side] += 1
+        lines[f"{row.kind}_{side}.jsonl"].append(json.dumps(row.data, ensure_ascii=False))
+    empty = [k for k in cfg.kinds if counts[k]["train"] + counts[k]["eval"] == 0]
+    if empty:
+        why = (
+            "; pairs need two answers to the same prompt with different feedback"
+            if "pairs" in empty
+            else ""
+        )
+        raise DataError(
+            f"no {', '.join(empty)} rows from {len(usable)} usable traces{why} (dropped by "
+            f"feedback rule {cfg.filters.feedback!r}: {_fmt_counts(dropped_feedback)}; "
+            f"duplicates: {_fmt_counts(dropped_dedupe)}); remove the kind or loosen the filters"
+        )
+
+    # 5. write: old manifest first out, data files, manifest last
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    files = {}
+    for name, file_lines in lines.items():
+        text = "".join(line + "\n" for line in file_lines)
+        files[name] = {"rows": len(file_lines), "sha256": _write_atomic(out_dir / name, text)}
+    used_times = [u.trace.created_at for u in usable]
+    summary = ExportSummary(
+        out_dir=str(out_dir),
+        store_url=public_url(cfg.store_url),
+        created_at=_iso(time.time()) or "",
+        ownlm_version=ownlm.__version__,
+        traces_read=read,
+        time_range={"first": _iso(min(used_times)), "last": _iso(max(used_times))},
+        counts=counts,
+        dropped={
+            "filter": dict(dropped_filter),
+            "unusable": dict(dropped_unusable),
+            "feedback": dict(dropped_feedback),
+            "dedupe": dict(dropped_dedupe),
+        },
+        redactions={"texts_changed": tally.texts_changed, **tally.by_label},
+        files=files,
+        config=cfg.model_dump(mode="json", exclude={"store_url"}),
+    )
+    _write_atomic(out_dir / "manifest.json", summary.model_dump_json(indent=2) + "\n")
+    return summary
+
+
+def _pair_rows(usable: list[_Usable], min_gap: float) -> list[_Row]:
+    """One pair per prompt: its best and worst rated answers, when rewards and texts differ."""
+    by_prompt: dict[str, list[tuple[float, _Usable]]] = defaultdict(list)
+    for u in usable:
+        reward = trace_reward(u.feedback)
+        if reward is not None:
+            by_prompt[normalize_text(message_text(u.prompt))].append((reward, u))
+    rows = []
+    for group in by_prompt.values():
+        # max/min keep the earliest trace among equal rewards (usable is in time order)
+        best = max(group, key=lambda g: g[0])
+        worst = min(group, key=lambda g: g[0])
+        if best[0] - worst[0] <= min_gap:
+            continue
+        chosen, rejected = best[1], worst[1]
+        if normalize_text(message_text([chosen.answer])) == normalize_text(
+            message_text([rejected.answer])
+        ):
+            continue
+        data = {"prompt": chosen.prompt, "chosen": [chosen.answer], "rejected": [rejected.answer]}
+        keys = [group_key(chosen.trace), group_key(rejected.trace)]
+        rows.append(_Row("pairs", data, message_text(chosen.prompt), keys))
+    return rows
