@@ -88,9 +88,59 @@ class ModelVersion:
     version: int
     path: str  # run directory or model directory
     base_model: str = ""
-    status: str = "candidate"  # "candidate" | "promoted" | "retired"
+    status: str = "candidate"  # see VERSION_STATUSES
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
+    parent: str | None = None  # "name@version" it was trained from, or the base model's name
+    lineage: dict[str, Any] = field(default_factory=dict)  # data hashes, recipe, config
+
+
+# candidate: trained, not gated; approved / rejected: the gate's decision; canary: serving a
+# share of traffic in an A/B; promoted: won it (or promoted by hand); rolled_back: lost or was
+# rolled back; retired: replaced by a newer promoted version.
+VERSION_STATUSES = (
+    "candidate",
+    "approved",
+    "rejected",
+    "canary",
+    "promoted",
+    "rolled_back",
+    "retired",
+)
+
+
+@dataclass
+class GateDecision:
+    """What the gate decided for a model version, and the figures behind it."""
+
+    name: str
+    version: int
+    incumbent: str  # what it was compared with ("name@version" or a base model)
+    promote: bool
+    reasons: list[str]  # one line per rule, passed or failed
+    metrics: dict[str, float]  # accuracies, gains, CI bounds
+    decision_id: str = field(default_factory=new_id)
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Deployment:
+    """How the gateway routes one alias; the newest row per alias is live, older rows are history.
+
+    arms: variant -> share of traffic (one arm: all traffic). models: variants served by an own
+    model that the gateway config does not list, variant -> model path (the gateway loads them).
+    experiment: ExperimentConfig fields (metric, alpha, ...) when there are 2+ arms.
+    """
+
+    alias: str
+    arms: dict[str, float]
+    incumbent: str  # the variant that had the traffic before
+    reason: str
+    models: dict[str, str] = field(default_factory=dict)
+    experiment: dict[str, Any] | None = None
+    canary: str | None = None  # the variant on trial, if any
+    created_at: float = field(default_factory=time.time)
+    seq: int = 0  # assigned by the store
 
 
 @dataclass

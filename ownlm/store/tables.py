@@ -23,7 +23,9 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    inspect,
     select,
+    text,
 )
 
 metadata = MetaData()
@@ -105,6 +107,39 @@ model_versions = Table(
     Column("status", String(32), nullable=False),
     Column("metrics", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
+    # added in version 2
+    Column("parent", String(200)),  # "name@version" it was trained from, or a base model
+    Column("lineage", JSON),  # data manifest hashes, recipe, config
+)
+
+# version 2: gate decisions and deployments (the routing of an alias, newest row wins)
+gate_decisions = Table(
+    "gate_decisions",
+    metadata,
+    Column("decision_id", String(32), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("incumbent", String(400), nullable=False),
+    Column("promote", Boolean, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Index("ix_gate_decisions_model", "name", "version"),
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", Float, nullable=False),
+    Column("alias", String(200), nullable=False),
+    Column("arms", JSON, nullable=False),
+    Column("models", JSON, nullable=False),
+    Column("experiment", JSON),
+    Column("canary", String(200)),
+    Column("incumbent", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_deployments_alias", "alias", "seq"),
 )
 
 api_keys = Table(
@@ -122,12 +157,21 @@ api_keys = Table(
 
 
 def _create_v1(conn: Connection) -> None:
-    """Version 1: all tables above."""
+    """Version 1: traces, feedback, experiments, model versions, API keys."""
     metadata.create_all(conn, tables=[traces, feedback, experiments, model_versions, api_keys])
 
 
+def _registry_v2(conn: Connection) -> None:
+    """Version 2: lineage columns on model versions; gate decisions; deployments."""
+    have = {c["name"] for c in inspect(conn).get_columns("model_versions")}
+    for name, sql_type in (("parent", "VARCHAR(200)"), ("lineage", "JSON")):
+        if name not in have:  # a database created at version 2 already has them
+            conn.execute(text(f"ALTER TABLE model_versions ADD COLUMN {name} {sql_type}"))
+    metadata.create_all(conn, tables=[gate_decisions, deployments])
+
+
 # (version, step). Append new steps at the end; never edit an applied one.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _create_v1)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _create_v1), (2, _registry_v2)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 

@@ -392,7 +392,10 @@ class TraceStore:
         if name is not None:
             query = query.where(mv.c.name == name)
         with self.engine.connect() as conn:
-            return [ModelVersion(**r._asdict()) for r in conn.execute(query)]
+            return [
+                ModelVersion(**{**r._asdict(), "lineage": r.lineage or {}})
+                for r in conn.execute(query)
+            ]
 
     # -- API keys ----------------------------------------------------------------------------
 

@@ -1,0 +1,127 @@
+"""A scripted stand-in for a paid "strong model" API, on loopback, in the OpenAI wire format.
+
+It is NOT a language model: it answers the demo app's task (reasoning-gym `leg_counting`) with a
+solver — it parses the animals out of the question and writes the sum step by step, like a
+capable model would — and says it cannot help with anything else. It exists so that the demo can
+run offline; the gateway bills it at a real provider's price (examples/flywheel_demo.yaml).
+Token counts in `usage` follow the ~4 characters per token rule of thumb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from aiohttp import web
+
+_QUESTION = re.compile(r"if you have (?P<list>.+?)\?", re.IGNORECASE | re.DOTALL)
+_ITEM = re.compile(r"^\s*(?P<n>\d+)\s+(?P<animal>.+?)\s*$")
+
+
+def _legs_table() -> dict[str, int]:
+    from reasoning_gym.arithmetic.leg_counting import ANIMALS
+
+    return dict(ANIMALS)
+
+
+def _singular(word: str, table: dict[str, int]) -> str | None:
+    for cand in (word, word[:-1] if word.endswith("s") else word, word[:-2]):
+        if cand in table:
+            return cand
+    return None
+
+
+def solve_leg_counting(question: str) -> str | None:
+    """A worked answer ending in `Answer: <total>`, or None when the question is not one."""
+    m = _QUESTION.search(question)
+    if m is None:
+        return None
+    table = _legs_table()
+    lines, parts = [], []
+    for item in m["list"].split(","):
+        im = _ITEM.match(item)
+        if im is None:
+            return None
+        animal = _singular(im["animal"].lower(), table)
+        if animal is None:
+            return None
+        n, legs = int(im["n"]), table[animal]
+        lines.append(f"{n} {im['animal']}: {n} x {legs} = {n * legs} legs.")
+        parts.append(n * legs)
+    total = sum(parts)
+    if len(parts) > 1:
+        lines.append(f"Total: {' + '.join(map(str, parts))} = {total}.")
+    lines.append(f"Answer: {total}")
+    return "\n".join(lines)
+
+
+def count_tokens(text: str) -> int:
+    """Token count by the ~4 characters per token rule of thumb."""
+    return max(1, round(len(text) / 4))
+
+
+def completion(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chat.completion object the stand-in returns for a conversation."""
+    question = next(
+        (m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    answer = solve_leg_counting(str(question)) or "I can only help with counting legs."
+    prompt_text = "".join(str(m.get("content") or "") for m in messages)
+    p, c = count_tokens(prompt_text), count_tokens(answer)
+    return {
+        "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+    }
+
+
+async def _chat(request: web.Request) -> web.Response:
+    body = await request.json()
+    if body.get("stream"):
+        return web.json_response(
+            {"error": {"message": "the scripted stand-in does not stream", "type": "bad_request"}},
+            status=400,
+        )
+    return web.json_response(completion(str(body.get("model", "")), body.get("messages", [])))
+
+
+@contextmanager
+def serve_strong_model(port: int) -> Iterator[str]:
+    """Run the stand-in on 127.0.0.1:port in a thread; yields its base URL (ending in /v1)."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", _chat)
+    runner = web.AppRunner(app, access_log=None)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True, name="strong-stand-in")
+    thread.start()
+    started.wait(10)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -1,0 +1,114 @@
+"""The gate's rules on hand-made outcomes, config conflicts, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ownlm.config import validate_config
+from ownlm.errors import ConfigError
+from ownlm.eval.gate import GateConfig, decide
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared tiny random model saved as a model directory."""
+    model, tokenizer = tiny
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+DOMAIN = {"name": "app", "env": {"kind": "reasoning_gym", "task": "chain_sum"}}
+
+
+def cfg(**kw: object) -> GateConfig:
+    return validate_config(GateConfig, {"candidate": "c", "domain": DOMAIN, **kw}, "test")
+
+
+def outcomes(n_correct: int, n: int = 100) -> list[bool]:
+    return [i < n_correct for i in range(n)]
+
+
+def test_refuses_a_candidate_that_loses_3_general_points() -> None:
+    # domain 0.20 -> 0.60 (+40 points, significant); general 0.50 -> 0.47 (-3 points)
+    promote, reasons, m = decide((outcomes(20), outcomes(60)), (outcomes(50), outcomes(47)), cfg())
+    assert not promote
+    assert m["general_diff"] == pytest.approx(-0.03)
+    assert any(r.startswith("FAIL: general loss +0.030") for r in reasons), reasons
+    assert any(r.startswith("pass: domain gain +0.400") for r in reasons), reasons
+
+
+def test_accepts_a_candidate_within_bounds() -> None:
+    # domain +40 points; general loses 2 points: exactly the allowed loss
+    promote, reasons, m = decide((outcomes(20), outcomes(60)), (outcomes(50), outcomes(48)), cfg())
+    assert promote, reasons
+    assert m["domain_diff_low"] > 0
+    assert all(r.startswith("pass") for r in reasons)
+
+
+def test_refuses_a_small_or_insignificant_gain() -> None:
+    promote, reasons, _ = decide((outcomes(20), outcomes(28)), (outcomes(50), outcomes(50)), cfg())
+    assert not promote and any("FAIL: domain gain +0.080" in r for r in reasons)
+    # +10 points on 20 problems: big enough, but its CI reaches below zero
+    promote, reasons, _ = decide(
+        (outcomes(4, 20), outcomes(6, 20)), (outcomes(50), outcomes(50)), cfg()
+    )
+    assert not promote and any(r.startswith("FAIL: domain gain CI low") for r in reasons)
+
+
+def test_impossible_gain_is_named() -> None:
+    promote, reasons, _ = decide((outcomes(95), outcomes(100)), (outcomes(50), outcomes(50)), cfg())
+    assert not promote
+    assert any("impossible; lower min_domain_gain" in r for r in reasons)
+
+
+def test_conflicting_thresholds_are_refused() -> None:
+    with pytest.raises(ConfigError, match="promotes any candidate"):
+        cfg(min_domain_gain=0.0, require_significant_gain=False)
+    with pytest.raises(ConfigError, match="max_general_loss"):
+        cfg(max_general_loss=-0.01)
+    with pytest.raises(ConfigError, match="suite names must differ"):
+        cfg(general=[dict(DOMAIN)])
+    with pytest.raises(ConfigError, match="did you mean 'min_domain_gain'"):
+        cfg(min_domain_gian=0.1)
+
+
+def test_registry_reference_needs_a_store() -> None:
+    from ownlm.eval.gate import resolve_model
+
+    with pytest.raises(ConfigError, match="set store_url"):
+        resolve_model("app-own@1", None)
+
+
+def test_run_gate_on_tiny_models_writes_and_reuses_rows(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from ownlm.eval.gate import run_gate
+
+    small = {"name": "general_small", "env": {"task": "chain_sum"}, "n_problems": 4}
+    c = validate_config(
+        GateConfig,
+        {
+            "candidate": str(tiny_model_dir),
+            "incumbent": str(tiny_model_dir),
+            "domain": {**DOMAIN, "n_problems": 4},
+            "general": [small],
+            "max_new_tokens": 4,
+            "out_dir": str(tmp_path / "gate"),
+        },
+        "test",
+    )
+    result = run_gate(c)
+    assert not result.promote  # the same model cannot gain
+    decision = json.loads((tmp_path / "gate" / "decision.json").read_text())
+    assert decision["metrics"]["domain_diff"] == 0.0
+    rows = sorted((tmp_path / "gate" / "rows").iterdir())
+    assert len(rows) == 2  # same model: incumbent and candidate share rows
+    mtimes = [p.stat().st_mtime_ns for p in rows]
+    run_gate(c)
+    assert [p.stat().st_mtime_ns for p in rows] == mtimes  # reused, not evaluated again
