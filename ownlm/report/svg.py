@@ -19,12 +19,12 @@ Series = list[tuple[float, float]]  # (x, y) points, x in unix seconds
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About n round tick values (steps of 1, 2 or 5 times a power of ten) covering lo..hi."""
+    """About n round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) covering lo..hi."""
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
     raw = (hi - lo) / max(n - 1, 1)
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     start = math.floor(lo / step) * step
     ticks = []
     v = start
@@ -108,9 +108,10 @@ def line_chart(
         d = " ".join(
             f"{'M' if i == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for i, (x, y) in enumerate(pts)
         )
-        parts.append(
-            f'<path class="mark line" data-series="{escape(name)}" d="{d}" stroke="{color}"/>'
-        )
+        if len(pts) > 1:  # a path through one point draws nothing: the point alone shows it
+            parts.append(
+                f'<path class="mark line" data-series="{escape(name)}" d="{d}" stroke="{color}"/>'
+            )
         for x, y in pts:
             when = datetime.fromtimestamp(x, UTC).strftime("%Y-%m-%d %H:%M")
             parts.append(
