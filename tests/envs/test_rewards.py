@@ -4,6 +4,7 @@ loopback mock OpenAI server, and score normalization."""
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import textwrap
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from aiohttp import web
 from pydantic import TypeAdapter
 
@@ -20,6 +22,7 @@ from ownlm.envs.rewards import (
     EnvWithReward,
     JudgeReward,
     RewardConfig,
+    RewardModelReward,
     VerifierReward,
     judge_messages,
     make_reward,
@@ -309,3 +312,54 @@ def test_judge_prompt_uses_task_messages_when_present() -> None:
     )
     msgs = judge_messages(cfg, task, "hello")
     assert msgs[1]["content"] == "# Request\n[user] hi\n\n# Response to grade\nhello"
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory: pytest.TempPathFactory, tiny: tuple[Any, Any]) -> Path:
+    """An untrained reward model in the layout `ownlm train rm` writes: a tiny Llama, the SmolLM2
+    tokenizer and a seeded scalar head."""
+    from safetensors.torch import save_file
+
+    from ownlm.train.reward_model import HEAD_FILE, new_head
+
+    model, tokenizer = tiny
+    out = tmp_path_factory.mktemp("rm")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    head = new_head(model.config.hidden_size, seed=0)
+    with torch.no_grad():
+        head.bias.fill_(0.25)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / HEAD_FILE))
+    return out
+
+
+def test_reward_model_source_scores_prompt_and_completion(rm_dir: Path) -> None:
+    from ownlm.train.reward_model import load_reward_model
+
+    tasks = [
+        Task(id="a", question="2 + 2?", answer="4"),
+        Task(id="a", question="2 + 2?", answer="4"),
+        Task(
+            id="b",
+            question="unused",
+            answer="",
+            metadata={"messages": [{"role": "user", "content": "Say hi"}]},
+        ),
+    ]
+    completions = ["It is 4.", "No idea, go away.", "hi"]
+    raw = load_reward_model(rm_dir).score_texts(
+        [
+            [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": c}]
+            for c in completions[:2]
+        ]
+        + [[{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]]
+    )
+    assert raw[0] != raw[1]
+    none = make_reward(RewardModelReward(path=str(rm_dir), normalize="none"))(tasks, completions)
+    assert [s.reward for s in none] == pytest.approx(raw, abs=1e-5)
+    sig = make_reward(RewardModelReward(path=str(rm_dir)))(tasks, completions)
+    assert [s.reward for s in sig] == pytest.approx([1 / (1 + math.exp(-x)) for x in raw], abs=1e-5)
+    assert [s.correct for s in sig] == [s.reward >= 0.5 for s in sig]
+    z = make_reward(RewardModelReward(path=str(rm_dir), normalize="group_z"))(tasks, completions)
+    # task a's two completions z-score to -1 and +1 (in order of their raw scores); b alone -> 0
+    assert sorted(s.reward for s in z[:2]) == pytest.approx([-1.0, 1.0]) and z[2].reward == 0.0
