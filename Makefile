@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PIPQ   := --quiet --disable-pip-version-check
 
-.PHONY: demo test test-slow bench lint clean-venv postgres
+.PHONY: demo test test-slow bench lint clean-venv postgres system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,12 +15,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install $(PIPQ) -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# PostgreSQL server binaries for the store tests (the tests start their own server on loopback).
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+# Debian packages the tests drive: PostgreSQL server binaries for the store tests (they start
+# their own server on loopback) and chromium for the headless dashboard test (tests/report).
+system-deps:
+	@missing=""; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  if [ -n "$$missing" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi
 
-test: $(STAMP) postgres
+# the old name of system-deps
+postgres: system-deps
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -m "not slow"
 	$(PY) -m pytest -m slow --maxfail=1
 
