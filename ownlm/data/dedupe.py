@@ -2,8 +2,9 @@
 
 Normalisation for both: Unicode NFKC, case folded, runs of whitespace made one space. Exact
 duplicates are equal normalised texts. Near duplicates are texts whose sets of character 5-grams
-have Jaccard similarity >= `threshold` (0.8 by default: "What is 12 + 34?" and "what's 12+34 ?"
-are near, "What is 12 + 35?" vs "What is 99 + 35?" are not at short lengths, see the tests).
+have Jaccard similarity >= `threshold` (0.8 by default). "...my order 12345 never arrived and I
+want a refund." and "...never arrived, I want a refund!" score 0.82 (near); "What is 12 + 35?"
+and "What is 99 + 35?" score 0.33, so math prompts that differ in their numbers all stay.
 
 Candidates come from MinHash LSH (64 hash functions in 16 bands of 4 rows, so pairs above ~0.5
 similarity collide in some band with high probability), and every candidate is then checked

@@ -175,11 +175,18 @@ def _write_atomic(path: Path, text: str) -> str:
     """Write text to path via a temporary file and rename; returns its sha256."""
     data = text.encode()
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DataError(
+            f"cannot write {path}: {err.strerror}; free space or pick another out_dir "
+            "(no manifest.json was written, so the directory is not a complete export)"
+        ) from err
     return hashlib.sha256(data).hexdigest()
 
 

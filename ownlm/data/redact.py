@@ -3,9 +3,12 @@
 Each found span is replaced by a typed placeholder: `<EMAIL>`, `<PHONE>`, `<CARD>`, `<SECRET>`,
 `<IBAN>`, `<IP>`. Detectors:
 - email: one regex (local@domain.tld).
-- phone: Google's libphonenumber (`phonenumbers.PhoneNumberMatcher`, leniency VALID), the same
-  matcher scrubadub and presidio wrap. It only takes numbers valid in their region, so "12 + 34",
-  dates, "#12345", prices and long products stay. Numbers without "+" are read in `phone_regions`.
+- phone: Google's libphonenumber (`phonenumbers.PhoneNumberMatcher`), the matcher scrubadub and
+  presidio wrap, at leniency STRICT_GROUPING: a number must be valid in its region and its digit
+  groups must follow that region's format, so "12 + 34", dates, "#12345", prices and ids like
+  "ORD-2024-000123" stay (VALID alone took that id for 202-400-0123). An ungrouped run of 10
+  digits that is a valid number ("4155552671") is still taken. Numbers without "+" are read in
+  `phone_regions`.
 - card: 13-19 digits (spaces or dashes allowed between them) that pass the Luhn check.
 - secret: provider key shapes (OpenAI/Anthropic `sk-`, AWS `AKIA`/`ASIA`, GitHub `ghp_`.., Slack
   `xox?-`, Google `AIza`, JWTs, PEM private keys), `Bearer <token>`, `password=...`-style
@@ -134,7 +137,7 @@ def _cards(text: str) -> Iterator[Span]:
 def _phones(text: str, regions: list[str]) -> Iterator[Span]:
     for region in regions:
         matcher = phonenumbers.PhoneNumberMatcher(
-            text, region, leniency=phonenumbers.Leniency.VALID
+            text, region, leniency=phonenumbers.Leniency.STRICT_GROUPING
         )
         for m in matcher:
             yield m.start, m.end, "PHONE"
