@@ -39,6 +39,18 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "gate_command",
         "candidate vs incumbent: domain gain, general regression; records the decision",
     ),
+    "promote": (
+        "ownlm.router.deploy",
+        "PromoteConfig",
+        "promote_command",
+        "serve a gated model version as a canary arm of an A/B test",
+    ),
+    "rollback": (
+        "ownlm.router.deploy",
+        "RollbackConfig",
+        "rollback_command",
+        "restore an alias's routing before its newest deployment",
+    ),
     "models convert": (
         "ownlm.models.convert",
         "ConvertConfig",

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from ownlm.errors import StoreError
-from ownlm.gateway import admin
+from ownlm.gateway import admin, deployments
 from ownlm.gateway.asgi import (
     ClientGone,
     Receive,
@@ -44,6 +44,7 @@ from ownlm.gateway.wire import (
     prompt_text,
 )
 from ownlm.router.policy import Decision, Router, RouteRequest
+from ownlm.store.registry import Registry
 from ownlm.store.trace_store import TraceStore, UnknownTraceError
 from ownlm.store.writer import TraceWriter
 
@@ -71,6 +72,10 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, upstreams: dict[str, UpstreamClient] | None = None):
         self.cfg = cfg
         self.router = Router(cfg.router, known_variants=list(cfg.models))
+        self.base_router = cfg.router  # deployments replace routes of this config
+        self.deployed: dict[str, int] = {}  # alias -> seq of the deployment applied
+        self.live_deployments: dict[str, Any] = {}
+        self.canaries_decided: set[int] = set()
         self.aliases = sorted(set(cfg.models) | set(cfg.router.routes))
         self.upstreams = upstreams if upstreams is not None else build_upstreams(cfg)
         self.keys = KeyRing(admin.admin_sha256(cfg))
@@ -348,8 +353,13 @@ class Gateway:
         await asyncio.to_thread(admin.record_experiments, self)
         for up in self.upstreams.values():
             await up.start()
-        if self.cfg.router.experiments:
-            self._tasks.append(asyncio.create_task(self._refresh_arm_stats()))
+        await deployments.apply_deployments(self, await asyncio.to_thread(self._live))
+        self._tasks.append(asyncio.create_task(deployments.follow_deployments(self)))
+        self._tasks.append(asyncio.create_task(self._refresh_arm_stats()))
+
+    def _live(self) -> dict[str, Any]:
+        assert self.store is not None
+        return Registry(self.store).live()
 
     async def stop(self) -> None:
         """Stop refreshers, close upstreams, write every queued trace, close the store."""
@@ -372,11 +382,19 @@ class Gateway:
         store = self.store
         while True:
             await asyncio.sleep(self.cfg.arm_stats_interval_s)
+            router = self.router  # a deployment may swap it while stats are read
+            if not router.experiments:
+                continue
             try:
                 stats = []
-                for name in self.cfg.router.experiments:
+                for name in router.experiments:
                     stats.extend(await asyncio.to_thread(store.arm_stats, name))
             except StoreError as err:
                 log.warning("arm stats not refreshed: %s", err)
                 continue
-            self.router.update_arm_stats(stats)
+            router.update_arm_stats(stats)
+            if self.live_deployments:
+                try:
+                    await asyncio.to_thread(deployments.act_on_canaries, self)
+                except StoreError as err:
+                    log.warning("canary decisions not written: %s", err)

@@ -77,6 +77,13 @@ class GatewayConfig(Config):
     max_batch: int = Field(500, ge=1)
     max_queue: int = Field(20_000, ge=1, description="traces waiting beyond this are dropped")
     arm_stats_interval_s: float = Field(5.0, gt=0)
+    deploy_refresh_s: float = Field(
+        2.0, gt=0, description="how often the deployment log (ownlm promote) is read"
+    )
+    own_price_in_usd_per_mtok: float = Field(
+        0.0, ge=0, description="price of deployed own models, for cost and savings reports"
+    )
+    own_price_out_usd_per_mtok: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _check_names(self) -> GatewayConfig:

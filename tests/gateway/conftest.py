@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,3 +272,13 @@ def gateway(mock_upstream: MockUpstream, tmp_path: Any) -> Iterator[RunningGatew
     yield RunningGateway(root + "/v1", root, server, app, mock_upstream)
     server.should_exit = True
     thread.join(20)
+
+
+@pytest.fixture
+def config_for(mock_upstream: MockUpstream) -> Callable[..., GatewayConfig]:
+    """Build a gateway config on the mock upstream with a free port: config_for(store_url, **kw)."""
+
+    def build(store_url: str, **overrides: Any) -> GatewayConfig:
+        return gateway_config(mock_upstream.base_url, store_url, port=free_port(), **overrides)
+
+    return build

@@ -1,0 +1,101 @@
+"""Live deployments: the gateway follows the store's deployment log while it runs.
+
+Every `deploy_refresh_s` the gateway reads the newest deployment per alias (ownlm/router/deploy.py
+writes them: `ownlm promote`, `ownlm rollback`, the loop). When one changed, it loads the own
+models it names (in-process local upstreams, loaded off the event loop while the old routing keeps
+serving), then swaps in a new config and router in one assignment each. After each arm-stats
+refresh it acts on canary tests: a canary shown worse is rolled back, one shown better is marked
+promoted in the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ownlm.errors import OwnlmError
+from ownlm.gateway.config import ModelConfig, UpstreamConfig
+from ownlm.router.deploy import decide_canary, experiment_name, routing_for
+from ownlm.router.policy import Router
+from ownlm.store.registry import Registry
+from ownlm.store.schema import Deployment, Experiment
+
+if TYPE_CHECKING:
+    from ownlm.gateway.app import Gateway
+
+log = logging.getLogger("ownlm.gateway")
+
+
+async def follow_deployments(gw: Gateway) -> None:
+    """Poll the deployment log forever; apply what changed."""
+    assert gw.store is not None
+    reg = Registry(gw.store)
+    while True:
+        try:
+            live = await asyncio.to_thread(reg.live)
+            if {a: d.seq for a, d in live.items()} != gw.deployed:
+                await apply_deployments(gw, live)
+        except (OwnlmError, OSError) as err:
+            log.warning("deployments not applied: %s", err)
+        await asyncio.sleep(gw.cfg.deploy_refresh_s)
+
+
+async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
+    """Load the models the deployments need, then swap config and router."""
+    from ownlm.gateway.local import LocalModelUpstream
+
+    upstreams = dict(gw.cfg.upstreams)
+    models = dict(gw.cfg.models)
+    for dep in live.values():
+        for variant, path in dep.models.items():
+            if variant in models:
+                continue
+            up_name = f"own:{variant}"
+            up_cfg = UpstreamConfig(kind="local", model_path=path)
+            if up_name not in gw.upstreams:
+                client = LocalModelUpstream(up_name, up_cfg)
+                log.info("loading %s from %s for %s", variant, path, dep.alias)
+                await client.start()
+                gw.upstreams[up_name] = client
+            upstreams[up_name] = up_cfg
+            models[variant] = ModelConfig(
+                upstream=up_name,
+                model=variant,
+                price_in_usd_per_mtok=gw.cfg.own_price_in_usd_per_mtok,
+                price_out_usd_per_mtok=gw.cfg.own_price_out_usd_per_mtok,
+            )
+    unknown = {a for d in live.values() for a in d.arms if a not in models}
+    if unknown:
+        raise OwnlmError(f"deployments name variants this gateway does not serve: {unknown}")
+    router_cfg = routing_for(gw.base_router, live)
+    cfg = gw.cfg.model_copy(update={"upstreams": upstreams, "models": models, "router": router_cfg})
+    router = Router(router_cfg, known_variants=list(models))
+    assert gw.store is not None
+    for dep in live.values():
+        if len(dep.arms) > 1:
+            exp = Experiment(
+                experiment_name(dep), dep.alias, list(dep.arms), list(dep.arms.values())
+            )
+            await asyncio.to_thread(gw.store.save_experiment, exp)
+    gw.cfg, gw.router = cfg, router
+    gw.aliases = sorted(set(models) | set(router_cfg.routes))
+    gw.deployed = {a: d.seq for a, d in live.items()}
+    gw.live_deployments = live
+    for dep in live.values():
+        log.info("deployment #%s on %s: arms %s (%s)", dep.seq, dep.alias, dep.arms, dep.reason)
+
+
+def act_on_canaries(gw: Gateway) -> None:
+    """Roll back canaries their test shows worse; mark the ones shown better promoted."""
+    assert gw.store is not None
+    reg = Registry(gw.store)
+    for dep in gw.live_deployments.values():
+        exp = gw.router.experiments.get(experiment_name(dep))
+        if exp is None or dep.canary is None or dep.seq in gw.canaries_decided:
+            continue
+        p = min((s.p_value for s in exp.summaries if s.eliminated), default=1.0)
+        outcome = decide_canary(reg, dep, exp.eliminated, p)
+        if outcome:
+            gw.canaries_decided.add(dep.seq)
+            log.info("deployment #%s on %s: %s", dep.seq, dep.alias, outcome)
