@@ -153,14 +153,20 @@ def _charts(report: Report, colors: dict[str, str]) -> str:
         if p.total.reference_cost_usd is not None and ref_name in cost:
             reference += p.total.reference_cost_usd
             cost[ref_name].append((p.start, reference))
-    fixed = {"requests": "#009E73", "tokens": "#56B4E9", "actual": "#0072B2", ref_name: "#D55E00"}
+    # not from PALETTE, so no series here looks like a model
+    fixed = {"requests": "#14213d", "tokens": "#8a94a6", "actual": "#14213d", ref_name: "#b42318"}
     unit = "USD per 1M tokens" if money else "successes per 1M tokens"
     bucket = report.bucket
+    # the split time, moved to the start of its bucket so it lines up with the points
+    split = None
+    if report.split is not None:
+        at = report.split.at - report.split.at % report.bucket_s
+        split = (at, "split")
     return (
         '<div class="charts">'
         + line_chart(
             "tfp", f"TFP per model ({unit}), per {bucket}", tfp_series, colors,
-            bucket=bucket, y_format=lambda v: f"{v:,.4g}",
+            bucket=bucket, y_format=lambda v: f"{v:,.4g}", marker=split,
         )
         + line_chart(
             "share", f"Share of traffic on the own model (%), per {bucket}", share, fixed,

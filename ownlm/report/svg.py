@@ -63,8 +63,10 @@ def line_chart(
     y_format: Callable[[float], str],
     y_min: float | None = 0.0,
     y_max: float | None = None,
+    marker: tuple[float, str] | None = None,
 ) -> str:
-    """Lines over time, one per series, with a point per bucket (a lone point still shows)."""
+    """Lines over time, one per series, with a point per bucket (a lone point still shows);
+    `marker` (x, label) draws a dashed vertical line, e.g. where a new model version starts."""
     drawn = {k: v for k, v in series.items() if v}
     parts = _open(plot_id, title)
     if not drawn:
@@ -102,6 +104,14 @@ def line_chart(
         parts.append(
             f'<text class="tick" x="{px(x):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">'
             f"{label}</text>"
+        )
+    if marker is not None and x_lo <= marker[0] <= x_hi:
+        mx = f"{px(marker[0]):.1f}"
+        parts.append(
+            f'<line class="split" x1="{mx}" x2="{mx}" y1="{TOP}" y2="{TOP + plot_h}" '
+            f'stroke="#98a2b3" stroke-dasharray="4 3"/>'
+            f'<text class="tick" x="{mx}" y="{TOP - 4}" text-anchor="middle">'
+            f"{escape(marker[1])}</text>"
         )
     for name, pts in drawn.items():
         color = colors[name]
