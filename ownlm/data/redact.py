@@ -55,7 +55,11 @@ class Redactions:
     texts_changed: int = 0
 
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Start only where a run of local-part characters starts, and never give back what `++` took:
+# otherwise a 20k-char run without "@" is rescanned from every position (1 s; now 2 ms).
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
 _SECRET_SHAPES = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----"
     r"|\bsk-[A-Za-z0-9_-]{16,}"
@@ -77,6 +81,7 @@ _SECRET_VALUE = re.compile(
 _TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{24,}")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_SEVEN_DIGITS = re.compile(r"\d(?:[\s().\-/]*\d){6}")
 _IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
 
@@ -135,6 +140,10 @@ def _cards(text: str) -> Iterator[Span]:
 
 
 def _phones(text: str, regions: list[str]) -> Iterator[Span]:
+    # libphonenumber's matcher costs ~190 us on a 160-char text; no phone number anywhere has
+    # fewer than 7 digits (country code included), so texts without such a run skip it.
+    if not _SEVEN_DIGITS.search(text):
+        return
     for region in regions:
         matcher = phonenumbers.PhoneNumberMatcher(
             text, region, leniency=phonenumbers.Leniency.STRICT_GROUPING
