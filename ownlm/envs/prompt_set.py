@@ -7,21 +7,31 @@
 
 `reset` returns the row's messages as the app sent them; `score` grades a completion with the
 reward source in the config, or, when the config names none, with the row's own `verifier`:
-`reasoning_gym:<task>` (reasoning-gym's answer check after ownlm's answer extraction), `exact`
-(the extracted answer equals `answer`, numbers compared by value) or `module:function` (a Python
-function the user writes, see ownlm/envs/rewards.py).
+any verifier of ownlm/envs/rewards.py: `exact`, `numeric`, `reasoning_gym:<task>`, or a Python
+function the user writes (`package.module:function` or `path/to/file.py:function`). A row
+verifier's outcome is rewarded like the reasoning_gym env: correct 1.0, answered but wrong 0.1,
+no final answer 0.0 (configurable). A reward model or an LLM judge set as `reward` replaces the
+row verifiers and gives its own reward.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from ownlm.config import Config
 from ownlm.envs.base import Message, Score, Task
+from ownlm.envs.rewards import (
+    RewardConfig,
+    RewardFn,
+    VerifierFn,
+    load_verifier,
+    make_reward,
+    to_score,
+)
 from ownlm.errors import ConfigError, DataError
 
 
@@ -31,6 +41,10 @@ class PromptSetConfig(Config):
     kind: Literal["prompt_set"] = "prompt_set"
     train_path: str = Field(description="rl_train.jsonl written by `ownlm export`")
     test_path: str | None = Field(None, description="rl_eval.jsonl; default: no test split")
+    reward: RewardConfig | None = Field(
+        None, description="reward model or judge; default: each row's verifier"
+    )
+    # rewards of a row verifier's outcome (as the reasoning_gym env gives them)
     reward_correct: float = 1.0
     reward_wrong: float = 0.1  # an answer was found but it is not the right one
     reward_malformed: float = 0.0  # no final answer
@@ -86,7 +100,8 @@ class PromptSetEnv:
         self.cfg = cfg
         self.name = f"prompt_set/{Path(cfg.train_path).stem}"
         self._splits: dict[str, list[Task]] = {}
-        self._verifiers: dict[str, Any] = {}
+        self._verifiers: dict[str, VerifierFn] = {}
+        self._reward: RewardFn | None = None
 
     def _split(self, split: str) -> list[Task]:
         if split not in self._splits:
@@ -112,40 +127,18 @@ class PromptSetEnv:
         return [dict(m) for m in task.metadata["messages"]]
 
     def score(self, task: Task, completion: str) -> Score:
-        """Grade with the row's verifier (see module docstring)."""
+        """Grade with env.reward when set, else with the row's verifier (module docstring)."""
+        if self.cfg.reward is not None:
+            if self._reward is None:
+                self._reward = make_reward(self.cfg.reward)
+            return self._reward([task], [completion])[0]
         name = str(task.metadata.get("verifier", "exact"))
         verify = self._verifiers.get(name)
         if verify is None:
-            verify = self._verifiers[name] = resolve_verifier(name, self.cfg)
-        return verify(task, completion)
-
-
-def resolve_verifier(name: str, cfg: PromptSetConfig) -> Any:
-    """A (task, completion) -> Score function for a verifier name."""
-    from ownlm.envs.answer import answers_match, extract_answer
-    from ownlm.envs.reasoning_gym import ReasoningGymConfig, ReasoningGymEnv
-
-    if name.startswith("reasoning_gym:"):
-        rg = ReasoningGymEnv(
-            ReasoningGymConfig(
-                task=name.split(":", 1)[1],
-                task_kwargs={},
-                reward_correct=cfg.reward_correct,
-                reward_wrong=cfg.reward_wrong,
-                reward_malformed=cfg.reward_malformed,
-            )
-        )
-        return rg.score
-    if name == "exact":
-
-        def exact(task: Task, completion: str) -> Score:
-            got = extract_answer(completion)
-            if got is None:
-                return Score(cfg.reward_malformed, correct=False, well_formed=False)
-            ok = answers_match(got, task.answer)
-            return Score(cfg.reward_correct if ok else cfg.reward_wrong, ok, True, got)
-
-        return exact
-    raise ConfigError(
-        f"unknown verifier {name!r}; use 'exact' or 'reasoning_gym:<task>' (or set env.reward)"
-    )
+            verify = self._verifiers[name] = load_verifier(name)
+        s = to_score(verify(task, completion), 1.0, f"verifier {name!r}")
+        if s.correct:
+            return Score(self.cfg.reward_correct, True, True, s.extracted)
+        if s.well_formed:
+            return Score(self.cfg.reward_wrong, False, True, s.extracted)
+        return Score(self.cfg.reward_malformed, False, False, s.extracted)

@@ -52,7 +52,7 @@ def test_rows_become_tasks_and_row_verifiers_grade(tmp_path: Path) -> None:
     assert [t.id for t in tasks] == ["t1", "t2"]
     assert env.reset(tasks[0]) == ROWS[0]["messages"]
     assert tasks[0].question == "What is 12 + 30?"
-    right, wrong, none = (env.score(tasks[0], c) for c in ("Answer: 42", "Answer: 41", "hmm"))
+    right, wrong, none = (env.score(tasks[0], c) for c in ("Answer: 42", "Answer: 41", ""))
     assert (right.reward, right.correct) == (1.0, True)
     assert (wrong.reward, wrong.correct, wrong.well_formed) == (0.1, False, True)
     assert (none.reward, none.well_formed) == (0.0, False)
@@ -69,7 +69,7 @@ def test_bad_prompt_sets_get_clear_errors(tmp_path: Path) -> None:
         PromptSetEnv(PromptSetConfig(train_path=str(bad))).tasks("train", 1)
     ok = write_rows(tmp_path / "ok.jsonl", [dict(ROWS[0], verifier="nope")])
     env = PromptSetEnv(PromptSetConfig(train_path=str(ok)))
-    with pytest.raises(ConfigError, match="unknown verifier 'nope'"):
+    with pytest.raises(ConfigError, match="verifier .nope."):
         env.score(env.tasks("train", 1)[0], "Answer: 42")
     with pytest.raises(ConfigError, match="no test split"):
         env.tasks("test", 1)
