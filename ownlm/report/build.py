@@ -28,6 +28,7 @@ from ownlm.store.trace_store import TraceStore, UsageTotals
 
 BUCKET_S = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 WHOLE_WINDOW_S = 1e12  # one bucket holds every trace: per-group totals
+MAX_BUCKETS = 2000  # points per series; more makes a slow, unreadable page
 
 
 class ModelPrice(Config):
@@ -185,6 +186,12 @@ def collect_report(store: TraceStore, cfg: ReportConfig) -> Report:
     first = min(g.first_at for g in groups)
     last = max(g.last_at for g in groups)
     bucket = cfg.bucket if cfg.bucket != "auto" else _auto_bucket(last - first)
+    n_buckets = int(last // BUCKET_S[bucket] - first // BUCKET_S[bucket]) + 1
+    if n_buckets > MAX_BUCKETS:
+        raise ConfigError(
+            f"bucket={bucket} gives {n_buckets} time points over this window (at most "
+            f"{MAX_BUCKETS}); pick a larger bucket or narrow since/until"
+        )
     lat_model: dict[str, list[float]] = defaultdict(list)
     lat_route: dict[str, list[float]] = defaultdict(list)
     for variant, alias, ms in store.latencies(since, until):

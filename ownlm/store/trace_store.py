@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     Engine,
-    Float,
     Integer,
     and_,
     case,
@@ -230,7 +229,7 @@ class TraceStore:
                 func.sum(case((tr.c.status >= 400, 1), else_=0)),
                 func.sum(tr.c.prompt_tokens),
                 func.sum(tr.c.completion_tokens),
-                func.sum(cast(tr.c.cost_usd, Float)),
+                func.sum(tr.c.cost_usd),
                 func.sum(func.coalesce(per_trace.c.rated, 0)),
                 func.sum(ok),
                 func.coalesce(func.sum(per_trace.c.value), 0.0),

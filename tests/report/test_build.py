@@ -10,6 +10,7 @@ import pytest
 from ownlm.cli import main
 from ownlm.errors import ConfigError, DataError
 from ownlm.report.build import ModelPrice, ReportConfig, build_report
+from ownlm.store.schema import Trace
 from ownlm.store.trace_store import TraceStore
 
 STRONG = {"strong": ModelPrice(in_usd_per_mtok=2.5, out_usd_per_mtok=10.0)}
@@ -96,6 +97,17 @@ def test_unknown_or_unpriced_reference_variant(tiny_store_url: str) -> None:
         build_report(cfg(tiny_store_url, reference_variant="mini"))
     with pytest.raises(ConfigError, match="split_at_variant 'big' has no traces"):
         build_report(cfg(tiny_store_url, split_at_variant="big"))
+
+
+def test_too_many_time_points_is_refused(tiny_store_url: str, tmp_path: Path) -> None:
+    store = TraceStore(tiny_store_url)
+    store.write_traces([Trace(created_at=1_699_999_200.0 + 3 * 86400, variant="mini")])
+    store.close()
+    # 3 days of minutes = 4321 points
+    with pytest.raises(ConfigError, match="bucket=minute gives 4321 time points"):
+        build_report(cfg(tiny_store_url, bucket="minute"))
+    # auto picks hours; only the 3 hours with traces are points
+    assert [p.total.requests for p in build_report(cfg(tiny_store_url)).by_time] == [2, 2, 1]
 
 
 def test_cli_prints_a_table_and_writes_html_and_json(
