@@ -71,7 +71,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "train the difficulty classifier from labelled traces",
     ),
     "report": (
-        "ownlm.report.build",
+        "ownlm.report.summary",
         "ReportConfig",
         "print_report",
         "TFP, cost per success, own-model share and savings; HTML dashboard",

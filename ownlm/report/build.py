@@ -2,6 +2,8 @@
 
 ownlm report --config report.yaml --set bucket=hour --set out=report.html
 
+The CLI prints the compact table of `ownlm/report/summary.py`.
+
 `build_report(cfg)` reads the store (two summed queries, plus two for a before/after split),
 returns a `Report` of plain dataclasses, and writes the HTML dashboard (`out`) and the JSON
 figures (`json_out`) when asked. The gateway serves the same dashboard at GET /dashboard.
@@ -24,6 +26,7 @@ from pydantic import Field, model_validator
 from ownlm.config import Config
 from ownlm.errors import ConfigError, DataError
 from ownlm.report.figures import Figures, Pricing, figures_of, is_own
+from ownlm.store.registry import Registry
 from ownlm.store.trace_store import TraceStore, UsageTotals
 
 BUCKET_S = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
@@ -47,7 +50,8 @@ class ReportConfig(Config):
     )
     own_models: list[str] = Field(
         default_factory=list,
-        description="variant or upstream names served by the own model; default: from gateway",
+        description="variant or upstream names served by the own model; default: the gateway "
+        "config's local-upstream models and the own models of `ownlm promote` deployments",
     )
     reference_variant: str | None = Field(
         None, description="the all-upstream baseline; default: the priciest priced model"
@@ -152,11 +156,6 @@ def build_report(cfg: ReportConfig) -> Report:
     return report
 
 
-def print_report(cfg: ReportConfig) -> None:
-    """The CLI's `ownlm report`: build, then print the compact table."""
-    print(format_summary(build_report(cfg)))
-
-
 def collect_report(store: TraceStore, cfg: ReportConfig) -> Report:
     """All figures from an open store (the gateway passes its own)."""
     since, until = _ts(cfg.since), _ts(cfg.until)
@@ -172,7 +171,9 @@ def collect_report(store: TraceStore, cfg: ReportConfig) -> Report:
         )
     notes: list[str] = []
     gateway = _read_gateway_models(cfg.gateway_config) if cfg.gateway_config else {}
-    own = set(cfg.own_models) or {n for n, m in gateway.items() if m["kind"] == "local"}
+    own = set(cfg.own_models) or {n for n, m in gateway.items() if m["kind"] == "local"} | {
+        v for dep in Registry(store).deployments() for v in dep.models
+    }
     if not own:
         notes.append("no own model named: set own_models or gateway_config (a local upstream)")
     prices = {n: (m["in"], m["out"]) for n, m in gateway.items() if m["in"] or m["out"]}
@@ -387,54 +388,3 @@ def _arm_rows(store: TraceStore) -> list[ArmRow]:
                 )
             )
     return rows
-
-
-def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
-    return "-" if x is None else f"{x:{spec}}{suffix}"
-
-
-def format_summary(report: Report) -> str:
-    """A compact text table: headline figures, then one line per model and per route."""
-    t = report.total
-    unit = "USD" if report.total.value_usd else "successes"
-    lines = [
-        f"{report.title}  ({_when(report.first_trace_at)} .. {_when(report.last_trace_at)} UTC)",
-        f"requests {t.requests}  tokens {t.tokens}  cost ${t.cost_usd:.4f}  "
-        f"own-model share {_fmt(t.own_request_share, '.1%')} of requests, "
-        f"{_fmt(t.own_token_share, '.1%')} of tokens",
-        f"TFP {_fmt(t.tfp_usd_per_mtok, '.2f')} USD/1M tok, "
-        f"{_fmt(t.successes_per_mtok, '.1f')} successes/1M tok; "
-        f"cost per success ${_fmt(t.cost_per_success_usd, '.5f')}",
-    ]
-    if t.savings_usd is not None:
-        lines.append(
-            f"savings vs all-{report.reference_variant}: ${t.savings_usd:.4f} "
-            f"(all-upstream estimate ${t.reference_cost_usd:.4f})"
-        )
-    if report.split is not None:
-        b, a = report.split.before, report.split.after
-        key = "tfp_usd_per_mtok" if unit == "USD" else "successes_per_mtok"
-        lines.append(
-            f"TFP before/after {report.split.label}: {_fmt(getattr(b, key), '.2f')} -> "
-            f"{_fmt(getattr(a, key), '.2f')} {unit}/1M tok"
-        )
-    header = (
-        f"{'':<22}{'requests':>9}{'tokens':>10}{'cost $':>10}{'success':>9}"
-        f"{'$/success':>11}{'TFP $/Mtok':>11}{'succ/Mtok':>10}{'p50 ms':>8}{'p95 ms':>8}"
-    )
-    for title, table in (("model", report.by_model), ("route", report.by_route)):
-        lines += ["", f"by {title}", header]
-        for name, f in table.items():
-            own = "*" if name in report.own_models else ""
-            lines.append(
-                f"{(name + own)[:21]:<22}{f.requests:>9}{f.tokens:>10}{f.cost_usd:>10.4f}"
-                f"{_fmt(f.success_rate, '.1%'):>9}{_fmt(f.cost_per_success_usd, '.5f'):>11}"
-                f"{_fmt(f.tfp_usd_per_mtok, '.2f'):>11}{_fmt(f.successes_per_mtok, '.1f'):>10}"
-                f"{_fmt(f.latency_p50_ms, '.0f'):>8}{_fmt(f.latency_p95_ms, '.0f'):>8}"
-            )
-    lines += ["(* own model)"] + [f"note: {n}" for n in report.notes]
-    return "\n".join(lines)
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")

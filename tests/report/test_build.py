@@ -10,7 +10,8 @@ import pytest
 from ownlm.cli import main
 from ownlm.errors import ConfigError, DataError
 from ownlm.report.build import ModelPrice, ReportConfig, build_report
-from ownlm.store.schema import Trace
+from ownlm.store.registry import Registry
+from ownlm.store.schema import Deployment, Trace
 from ownlm.store.trace_store import TraceStore
 
 STRONG = {"strong": ModelPrice(in_usd_per_mtok=2.5, out_usd_per_mtok=10.0)}
@@ -81,6 +82,16 @@ def test_own_models_and_prices_from_the_gateway_config(tiny_store_url: str, tmp_
     )
     r = build_report(ReportConfig(store_url=tiny_store_url, gateway_config=str(gw)))
     assert r.own_models == ["mini"] and r.total.savings_usd == pytest.approx(0.02125)
+
+
+def test_own_models_from_the_deployment_log(tiny_store_url: str) -> None:
+    store = TraceStore(tiny_store_url)
+    assert build_report(ReportConfig(store_url=tiny_store_url)).own_models == []
+    dep = Deployment("chat", {"mini": 1.0}, "strong", "promoted", models={"mini": "runs/sft"})
+    Registry(store).deploy(dep)
+    store.close()
+    r = build_report(ReportConfig(store_url=tiny_store_url))
+    assert r.own_models == ["mini"] and r.total.own_request_share == 0.5
 
 
 def test_empty_store_says_how_to_capture_traffic(tmp_path: Path) -> None:
