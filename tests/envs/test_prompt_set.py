@@ -69,7 +69,7 @@ def test_bad_prompt_sets_get_clear_errors(tmp_path: Path) -> None:
         PromptSetEnv(PromptSetConfig(train_path=str(bad))).tasks("train", 1)
     ok = write_rows(tmp_path / "ok.jsonl", [dict(ROWS[0], verifier="nope")])
     env = PromptSetEnv(PromptSetConfig(train_path=str(ok)))
-    with pytest.raises(ConfigError, match="verifier .nope."):
+    with pytest.raises(ConfigError, match="verifier function .nope. is not a builtin"):
         env.score(env.tasks("train", 1)[0], "Answer: 42")
     with pytest.raises(ConfigError, match="no test split"):
         env.tasks("test", 1)
