@@ -50,7 +50,7 @@ class ReportConfig(Config):
     )
     own_models: list[str] = Field(
         default_factory=list,
-        description="variant or upstream names served by the own model; default: the gateway "
+        description="variant or upstream names served by the own model, added to the gateway "
         "config's local-upstream models and the own models of `ownlm promote` deployments",
     )
     reference_variant: str | None = Field(
@@ -171,9 +171,8 @@ def collect_report(store: TraceStore, cfg: ReportConfig) -> Report:
         )
     notes: list[str] = []
     gateway = _read_gateway_models(cfg.gateway_config) if cfg.gateway_config else {}
-    own = set(cfg.own_models) or {n for n, m in gateway.items() if m["kind"] == "local"} | {
-        v for dep in Registry(store).deployments() for v in dep.models
-    }
+    own = set(cfg.own_models) | {n for n, m in gateway.items() if m["kind"] == "local"}
+    own |= {v for dep in Registry(store).deployments() for v in dep.models}
     if not own:
         notes.append("no own model named: set own_models or gateway_config (a local upstream)")
     prices = {n: (m["in"], m["out"]) for n, m in gateway.items() if m["in"] or m["out"]}
