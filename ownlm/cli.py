@@ -39,6 +39,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "gate_command",
         "candidate vs incumbent: domain gain, general regression; records the decision",
     ),
+    "loop": (
+        "ownlm.loop",
+        "LoopConfig",
+        "run_loop",
+        "one flywheel cycle: export, train, register, gate, promote (resumable)",
+    ),
     "promote": (
         "ownlm.router.deploy",
         "PromoteConfig",
