@@ -13,9 +13,10 @@ from typing import Annotated, Any
 
 from pydantic import Discriminator, Field, Tag
 
-from ownlm.envs.base import Env
+from ownlm.envs.base import Env, MultiTurnEnv
 from ownlm.envs.prompt_set import PromptSetConfig, PromptSetEnv
 from ownlm.envs.reasoning_gym import ReasoningGymConfig, ReasoningGymEnv
+from ownlm.envs.search.env import SearchConfig, SearchEnv
 
 
 def _env_kind(value: Any) -> str:
@@ -25,7 +26,8 @@ def _env_kind(value: Any) -> str:
 
 EnvConfig = Annotated[
     Annotated[ReasoningGymConfig, Tag("reasoning_gym")]
-    | Annotated[PromptSetConfig, Tag("prompt_set")],
+    | Annotated[PromptSetConfig, Tag("prompt_set")]
+    | Annotated[SearchConfig, Tag("search")],
     Discriminator(_env_kind),
 ]
 
@@ -40,8 +42,10 @@ def env_field() -> Any:
     return Field(default_factory=default_env, description="which env; `kind` picks it")
 
 
-def make_env(cfg: EnvConfig) -> Env:
+def make_env(cfg: EnvConfig) -> Env | MultiTurnEnv:
     """The env a config describes."""
+    if isinstance(cfg, SearchConfig):
+        return SearchEnv(cfg)
     if isinstance(cfg, PromptSetConfig):
         return PromptSetEnv(cfg)
     return ReasoningGymEnv(cfg)

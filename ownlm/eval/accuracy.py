@@ -18,10 +18,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ownlm.config import Config
+from ownlm.envs.base import is_multi_turn
 from ownlm.envs.registry import EnvConfig, env_field, make_env
 from ownlm.errors import ConfigError
 from ownlm.models.chat import encode_prompt, split_thinking
 from ownlm.models.load import load_model
+from ownlm.rollout.episodes import run_episodes
 from ownlm.rollout.sampler import sample_completions
 from ownlm.rollout.types import SamplingParams
 
@@ -34,7 +36,8 @@ class EvalConfig(Config):
     n_problems: int = Field(default=200, ge=1)
     split: str = "test"
     enable_thinking: bool = False
-    max_new_tokens: int = Field(default=48, ge=1)
+    max_new_tokens: int = Field(default=48, ge=1)  # per assistant turn in a multi-turn env
+    max_episode_tokens: int = Field(default=384, ge=1)  # multi-turn envs: a whole episode
     thinking_budget_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0)  # 0: greedy
     batch_size: int = Field(default=32, ge=1)
@@ -60,6 +63,12 @@ class EvalReport(BaseModel):
     enable_thinking: bool
     time_s: float
     rows_path: str | None = None
+    # multi-turn envs only: the answer alone, the citation alone, episodes that called a tool
+    answer_accuracy: float | None = None
+    citation_accuracy: float | None = None
+    tool_use_rate: float | None = None
+    turns_mean: float | None = None
+    malformed_rate: float | None = None  # of tool calls
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -148,32 +157,36 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Ev
     )
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for i in range(0, len(tasks), cfg.batch_size):
-        batch = tasks[i : i + cfg.batch_size]
-        prompts = [
-            encode_prompt(tokenizer, env.reset(t), enable_thinking=cfg.enable_thinking)
-            for t in batch
-        ]
-        out = sample_completions(model, tokenizer, prompts, 1, params)
-        lengths = out.completion_mask.sum(dim=1).tolist()
-        for j, task in enumerate(batch):
-            thought, answer = split_thinking(out.texts[j], thinking_open=cfg.enable_thinking)
-            score = env.score(task, answer)
-            rows.append(
-                {
-                    "id": task.id,
-                    "question": task.question,
-                    "expected": task.answer,
-                    "completion": out.texts[j],
-                    "thought": thought,
-                    "extracted": score.extracted,
-                    "correct": score.correct,
-                    "well_formed": score.well_formed,
-                    "reward": score.reward,
-                    "completion_tokens": int(lengths[j]),
-                    "finish_reason": out.finish_reasons[j],
-                }
-            )
+    multi_turn = is_multi_turn(env)
+    if multi_turn:
+        rows = _episode_rows(model, tokenizer, env, tasks, params, cfg)
+    else:
+        for i in range(0, len(tasks), cfg.batch_size):
+            batch = tasks[i : i + cfg.batch_size]
+            prompts = [
+                encode_prompt(tokenizer, env.reset(t), enable_thinking=cfg.enable_thinking)
+                for t in batch
+            ]
+            out = sample_completions(model, tokenizer, prompts, 1, params)
+            lengths = out.completion_mask.sum(dim=1).tolist()
+            for j, task in enumerate(batch):
+                thought, answer = split_thinking(out.texts[j], thinking_open=cfg.enable_thinking)
+                score = env.score(task, answer)
+                rows.append(
+                    {
+                        "id": task.id,
+                        "question": task.question,
+                        "expected": task.answer,
+                        "completion": out.texts[j],
+                        "thought": thought,
+                        "extracted": score.extracted,
+                        "correct": score.correct,
+                        "well_formed": score.well_formed,
+                        "reward": score.reward,
+                        "completion_tokens": int(lengths[j]),
+                        "finish_reason": out.finish_reasons[j],
+                    }
+                )
     time_s = time.perf_counter() - start
     n = len(rows)
     k = sum(r["correct"] for r in rows)
@@ -198,8 +211,56 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Ev
         mean_reward=sum(r["reward"] for r in rows) / n,
         format_rate=sum(r["well_formed"] for r in rows) / n,
         mean_completion_tokens=sum(r["completion_tokens"] for r in rows) / n,
-        truncated_rate=sum(r["finish_reason"] == "length" for r in rows) / n,
+        truncated_rate=sum(r["finish_reason"] in ("length", "max_tokens") for r in rows) / n,
         enable_thinking=cfg.enable_thinking,
         time_s=time_s,
         rows_path=rows_path,
+        **(_multi_turn_figures(rows) if multi_turn else {}),
     )
+
+
+def _episode_rows(
+    model: Any, tokenizer: Any, env: Any, tasks: list[Any], params: SamplingParams, cfg: EvalConfig
+) -> list[dict[str, Any]]:
+    """Per-problem rows of a multi-turn env: whole episodes, scored on their transcripts."""
+    rows: list[dict[str, Any]] = []
+    for i in range(0, len(tasks), cfg.batch_size):
+        batch = tasks[i : i + cfg.batch_size]
+        eps = run_episodes(
+            model, tokenizer, env, batch, 1, params,
+            max_episode_tokens=cfg.max_episode_tokens, enable_thinking=cfg.enable_thinking,
+        )  # fmt: skip
+        lengths = eps.completions.completion_mask.sum(dim=1).tolist()
+        for j, (task, ep) in enumerate(zip(batch, eps.episodes, strict=True)):
+            score = env.score(task, ep.transcript)
+            rows.append(
+                {
+                    "id": task.id,
+                    "question": task.question,
+                    "expected": task.answer,
+                    "transcript": ep.transcript,
+                    "extracted": score.extracted,
+                    "correct": score.correct,
+                    "answer_correct": getattr(score, "answer_correct", score.correct),
+                    "cited": getattr(score, "cited", False),
+                    "well_formed": score.well_formed,
+                    "reward": score.reward,
+                    "completion_tokens": int(lengths[j]),
+                    "finish_reason": ep.finish_reason,
+                    "turns": ep.turns,
+                    "tool_calls": ep.tool_calls,
+                    "malformed": ep.malformed,
+                }
+            )
+    return rows
+
+
+def _multi_turn_figures(rows: list[dict[str, Any]]) -> dict[str, float]:
+    n, calls = len(rows), sum(r["tool_calls"] for r in rows)
+    return {
+        "answer_accuracy": sum(r["answer_correct"] for r in rows) / n,
+        "citation_accuracy": sum(r["cited"] for r in rows) / n,
+        "tool_use_rate": sum(r["tool_calls"] > 0 for r in rows) / n,
+        "turns_mean": sum(r["turns"] for r in rows) / n,
+        "malformed_rate": sum(r["malformed"] for r in rows) / calls if calls else 0.0,
+    }

@@ -26,11 +26,12 @@ from pydantic import BaseModel, model_validator
 from tqdm import tqdm
 
 from ownlm.config import Config, dump_config
-from ownlm.envs.base import Env, Task
+from ownlm.envs.base import Env, MultiTurnEnv, Task, is_multi_turn
 from ownlm.envs.registry import EnvConfig, env_field, make_env
 from ownlm.errors import OwnlmError
 from ownlm.models.chat import encode_prompt, split_thinking
 from ownlm.models.load import load_model
+from ownlm.rollout.episodes import EpisodeBatch, run_episodes
 from ownlm.rollout.sampler import sample_completions
 from ownlm.rollout.types import Completions, SamplingParams
 from ownlm.train.checkpoint import (
@@ -53,7 +54,7 @@ LossName = Literal["grpo", "dr_grpo", "dapo", "rloo"]
 # Config keys that change a run's numbers: a resume must not change them.
 RESUME_KEYS = [
     "seed", "model", "prompts_per_step", "group_size", "max_new_tokens", "loss", "lora",
-    "reward_mode", "train_problems", "env",
+    "reward_mode", "train_problems", "env", "max_episode_tokens",
 ]  # fmt: skip
 
 
@@ -69,7 +70,8 @@ class GRPOConfig(Config):
     group_size: int = 4
     train_problems: int = 2000
     # sampling
-    max_new_tokens: int = 48
+    max_new_tokens: int = 48  # per assistant turn in a multi-turn env
+    max_episode_tokens: int = 384  # multi-turn envs: a whole episode, tool results included
     temperature: float = 1.0
     top_p: float = 1.0
     enable_thinking: bool = False
@@ -148,7 +150,7 @@ class RunSummary(BaseModel):
     eval_accuracy: dict[int, float]
 
 
-def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
+def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> RunSummary:
     """Run GRPO-family training as configured; `env` overrides cfg.env (tests use a toy env)."""
     # ---- setup ------------------------------------------------------------------------------
     run_dir = Path(cfg.run_dir)
@@ -157,6 +159,8 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     env = env if env is not None else make_env(cfg.env)
+    multi_turn = is_multi_turn(env)  # tool-using episodes: rollout/episodes.py
+    max_tokens = cfg.max_episode_tokens if multi_turn else cfg.max_new_tokens
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         check_resume_compatible(ckpt, cfg.model_dump(mode="json"), RESUME_KEYS)
@@ -198,15 +202,28 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
             for t in tasks
         ]
 
-        # sample a group per prompt
+        # sample a group per prompt (whole episodes for a multi-turn env: tool-result tokens
+        # come back with completion_mask False, so the loss below skips them)
         model.eval()
-        comps = sample_completions(
-            model, tokenizer, prompt_ids, cfg.group_size, sampling_params(cfg, step, seed=True)
-        )
+        episodes: EpisodeBatch | None = None
+        if multi_turn:
+            episodes = run_episodes(
+                model, tokenizer, env, tasks, cfg.group_size,
+                sampling_params(cfg, step, seed=True),
+                max_episode_tokens=cfg.max_episode_tokens, enable_thinking=cfg.enable_thinking,
+            )  # fmt: skip
+            comps = episodes.completions
+        else:
+            comps = sample_completions(
+                model, tokenizer, prompt_ids, cfg.group_size, sampling_params(cfg, step, seed=True)
+            )
         t_rollout = time.perf_counter() - t0
 
         # score
-        rewards, correct, well_formed, errors = score_group(env, tasks, comps, cfg)
+        if episodes is not None:
+            rewards, correct, well_formed, errors = score_episodes(env, tasks, episodes)
+        else:
+            rewards, correct, well_formed, errors = score_group(env, tasks, comps, cfg)
         if errors / len(rewards) > cfg.max_error_rate:
             raise OwnlmError(
                 f"step {step}: {errors} of {len(rewards)} completions failed to score, above "
@@ -238,7 +255,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
         variant = "grpo" if cfg.loss == "rloo" else cfg.loss
         normalizer = {
             "grpo": float(keep_rows.sum()),
-            "dr_grpo": float(keep_rows.sum()) * cfg.max_new_tokens,
+            "dr_grpo": float(keep_rows.sum()) * max_tokens,
             "dapo": float(mask.sum()),
         }[variant]
         total_loss, clip_frac, grad_norm, t_optim = 0.0, 0.0, 0.0, 0.0
@@ -274,7 +291,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
                 variant=variant,
                 clip_eps_low=cfg.clip_eps_low,
                 clip_eps_high=eps_high,
-                max_tokens=cfg.max_new_tokens,
+                max_tokens=max_tokens,
                 ref_logp=ref_logp,
                 beta=cfg.beta,
                 normalizer=normalizer,
@@ -316,6 +333,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | None = None) -> RunSummary:
             "rollout/groups_with_signal": float(len(groups)),
             "rollout/error_rate": errors / len(rewards),
             "rollout/tokens_per_s": float(comps.stats.get("rollout/tokens_per_s", 0.0)),
+            **(episodes.stats() if episodes is not None else {}),
             "time/rollout_s": t_rollout,
             "time/train_s": t_train,
             "time/optimizer_s": t_optim,
@@ -432,8 +450,26 @@ def score_group(
     return torch.tensor(rewards), torch.tensor(correct), torch.tensor(well_formed), errors
 
 
+def score_episodes(
+    env: Any, tasks: list[Task], batch: EpisodeBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """score_group for multi-turn episodes: env.score(task, transcript) per episode."""
+    rewards, correct, well_formed, errors = [], [], [], 0
+    n = batch.completions.n
+    for i, ep in enumerate(batch.episodes):
+        try:
+            s = env.score(tasks[i // n], ep.transcript)
+        except (ValueError, KeyError, TypeError, ArithmeticError):
+            errors += 1
+            s = None
+        rewards.append(float(s.reward) if s is not None else 0.0)
+        correct.append(bool(s.correct) if s is not None else False)
+        well_formed.append(bool(s.well_formed) if s is not None else False)
+    return torch.tensor(rewards), torch.tensor(correct), torch.tensor(well_formed), errors
+
+
 def eval_accuracy(
-    model: Any, tokenizer: Any, env: Env, tasks: list[Task], cfg: GRPOConfig
+    model: Any, tokenizer: Any, env: Any, tasks: list[Task], cfg: GRPOConfig
 ) -> float:
     """Greedy accuracy on the held-out slice (a quick signal; `ownlm eval` gives the CI)."""
     model.eval()
@@ -443,6 +479,12 @@ def eval_accuracy(
         temperature=0.0,
         thinking_budget_tokens=cfg.thinking_budget_tokens,
     )
+    if is_multi_turn(env):
+        batch = run_episodes(
+            model, tokenizer, env, tasks, 1, params,
+            max_episode_tokens=cfg.max_episode_tokens, enable_thinking=cfg.enable_thinking,
+        )  # fmt: skip
+        return float(score_episodes(env, tasks, batch)[1].float().mean()) if tasks else 0.0
     for i in range(0, len(tasks), 16):
         chunk = tasks[i : i + 16]
         ids = [
