@@ -39,6 +39,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "gate_command",
         "candidate vs incumbent: domain gain, general regression; records the decision",
     ),
+    "demo": (
+        "ownlm.demo.flywheel",
+        "DemoConfig",
+        "demo_command",
+        "the whole flywheel offline: app traffic, loop, A/B, report (make demo)",
+    ),
     "loop": (
         "ownlm.loop",
         "LoopConfig",

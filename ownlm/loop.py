@@ -73,10 +73,12 @@ def stage_config(cfg: LoopConfig, stage: str, cycle_dir: Path, start_model: str)
     elif stage == "sft":
         from ownlm.train.sft import SFTConfig as cls
 
+        eval_file = data / "sft_eval.jsonl"
         owned = {
             "model": start_model,
             "train_file": str(data / "sft_train.jsonl"),
-            "eval_file": str(data / "sft_eval.jsonl"),
+            # an export too small for an eval side: SFT holds out its own eval_fraction
+            "eval_file": None if _empty(eval_file) else str(eval_file),
             "run_dir": str(cycle_dir / "sft"),
         }
     elif stage == "grpo":
@@ -107,6 +109,10 @@ def stage_config(cfg: LoopConfig, stage: str, cycle_dir: Path, start_model: str)
     if stage in ("sft", "grpo") and cfg.threads is not None:
         section = {"threads": cfg.threads, **section}
     return validate_config(cls, {**section, **owned}, f"loop config: {stage}")
+
+
+def _empty(path: Path) -> bool:
+    return path.exists() and path.stat().st_size == 0
 
 
 class LoopState:

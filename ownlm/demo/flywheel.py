@@ -1,0 +1,331 @@
+"""`ownlm demo` (`make demo`): the whole flywheel offline, on this machine, in one run.
+
+1. A scripted stand-in for a paid API (ownlm/demo/strong.py, billed at a real provider's price)
+   serves the app through the ownlm gateway; simulated users rate every answer.
+2. `ownlm loop` runs one cycle on the captured traffic: export -> SFT on the strong model's
+   answers -> GRPO on the app's prompts with the app's verifier -> register -> gate (domain gain
+   vs general regression) -> promote as a canary arm of an A/B test at the gateway.
+3. The app keeps sending traffic; users' feedback decides the A/B and the gateway shifts traffic.
+4. `ownlm report` computes TFP, cost and savings and writes the dashboard.
+
+Every printed figure is measured in the run. The work directory is wiped at the start, unless
+`resume: true`, which continues a killed run (the loop resumes; traffic phases are redone).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from tqdm import tqdm
+
+from ownlm.config import Config, validate_config
+from ownlm.errors import GateRejected
+
+
+class DemoConfig(Config):
+    """Sizes, prices and the loop of the demo (examples/flywheel_demo.yaml)."""
+
+    work_dir: str = "runs/demo"
+    resume: bool = False
+    alias: str = "zoology"
+    strong_model: str = Field("gpt-4.1", description="the provider model the stand-in prices as")
+    strong_price_in_usd_per_mtok: float = 2.0
+    strong_price_out_usd_per_mtok: float = 8.0
+    value_per_success_usd: float = Field(0.0005, gt=0, description="what a right answer earns")
+    baseline_requests: int = Field(400, ge=10, description="traffic before the own model exists")
+    ab_requests: int = Field(400, ge=10, description="traffic during the canary's A/B test")
+    after_requests: int = Field(120, ge=0, description="traffic after the test decided")
+    questions_per_user: int = Field(2, ge=1)
+    concurrency: int = Field(4, ge=1)
+    max_tokens: int = Field(64, ge=1)
+    loop: dict[str, Any] = Field(default_factory=dict, description="LoopConfig fields")
+    threads: int | None = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the story; print and return the figures."""
+    import torch
+    import uvicorn
+    from openai import OpenAI
+
+    from ownlm.demo.strong import serve_strong_model
+    from ownlm.gateway.config import GatewayConfig
+    from ownlm.gateway.server import build_app, uvicorn_config
+    from ownlm.loop import LoopConfig, run_loop
+
+    t_start = time.perf_counter()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    work = Path(cfg.work_dir)
+    if work.exists() and not cfg.resume:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    store_url = f"sqlite:///{work / 'ownlm.db'}"
+    _say(
+        "ownlm demo: a zoology app starts as an API wrapper and ends up owning its model.\n"
+        f"  The 'strong model' is a SCRIPTED STAND-IN for a paid API (it answers from the task's "
+        f"solver),\n  billed at {cfg.strong_model}'s price (${cfg.strong_price_in_usd_per_mtok}/"
+        f"${cfg.strong_price_out_usd_per_mtok} per 1M input/output tokens)."
+    )
+    strong_port = _free_port()
+    with serve_strong_model(strong_port) as strong_url:
+        gw_cfg = GatewayConfig.model_validate(
+            {
+                "port": _free_port(),
+                "store_url": store_url,
+                "require_keys": False,
+                "flush_interval_ms": 50,
+                "arm_stats_interval_s": 1.0,
+                "deploy_refresh_s": 0.5,
+                "upstreams": {"provider": {"base_url": strong_url, "timeout_s": 30}},
+                "models": {
+                    "strong": {
+                        "upstream": "provider",
+                        "model": cfg.strong_model,
+                        "price_in_usd_per_mtok": cfg.strong_price_in_usd_per_mtok,
+                        "price_out_usd_per_mtok": cfg.strong_price_out_usd_per_mtok,
+                    }
+                },
+                "router": {"routes": {cfg.alias: {"default": "strong"}}},
+            }
+        )
+        (work / "ownlm.yaml").write_text(yaml.safe_dump(gw_cfg.model_dump(mode="json")))
+        server = uvicorn.Server(uvicorn_config(build_app(gw_cfg), gw_cfg))
+        thread = threading.Thread(target=server.run, daemon=True, name="gateway")
+        thread.start()
+        while not server.started and thread.is_alive():
+            time.sleep(0.05)
+        client = OpenAI(
+            base_url=f"http://127.0.0.1:{gw_cfg.port}/v1", api_key="demo", max_retries=0
+        )
+        try:
+            figures = _story(cfg, client, store_url, work, LoopConfig, run_loop)
+        finally:
+            server.should_exit = True
+            thread.join(30)
+    figures["total_minutes"] = (time.perf_counter() - t_start) / 60.0
+    _print_figures(figures)
+    (work / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def _story(
+    cfg: DemoConfig, client: Any, store_url: str, work: Path, loop_cls: Any, run_loop: Any
+) -> dict[str, Any]:
+    from ownlm.demo.app import app_env
+    from ownlm.report.build import ReportConfig, build_report
+    from ownlm.store.registry import Registry
+    from ownlm.store.trace_store import TraceStore
+
+    figures: dict[str, Any] = {"date": time.strftime("%Y-%m-%d")}
+    # 1. the app on the paid API
+    _say(f"\n[1/4] {cfg.baseline_requests} app requests on the paid API; users rate each answer")
+    base = _traffic(cfg, client, app_env(seed=10_000), cfg.baseline_requests, "before", seed=1)
+    figures["before"] = base
+
+    # 2. one loop cycle
+    _say("\n[2/4] ownlm loop: export -> SFT -> GRPO -> register -> gate -> promote")
+    loop_data = {
+        "store_url": store_url,
+        "work_dir": str(work / "loop"),
+        "name": f"{cfg.alias}-own",
+        "alias": cfg.alias,
+        **cfg.loop,
+    }
+    loop_cfg = validate_config(loop_cls, loop_data, "demo config: loop")
+    t0 = time.perf_counter()
+    try:
+        cycle = run_loop(loop_cfg)
+        promoted = True
+    except GateRejected as err:
+        _say(f"  {err}")
+        cycle = json.loads((work / "loop" / "loop_state.json").read_text())["history"][-1]
+        promoted = False
+    figures["loop_minutes"] = (time.perf_counter() - t0) / 60.0
+    gate = cycle["gate"]
+    figures["gate"] = {
+        "promote": gate["promote"],
+        "reasons": gate["reasons"],
+        **{k: gate["metrics"][k] for k in _GATE_KEYS},
+    }
+    promoted_at = time.time()
+
+    # 3. the A/B test decides
+    reg = Registry(TraceStore(store_url))
+    if promoted:
+        _say(f"\n[3/4] A/B: canary {cycle['version']} gets part of the traffic; feedback decides")
+        figures["ab"] = _traffic(cfg, client, app_env(seed=20_000), cfg.ab_requests, "ab", seed=2)
+        version = reg.get(cycle["version"])
+        figures["canary_status"] = version.status
+        if cfg.after_requests:
+            _say(f"  then {cfg.after_requests} more requests on the routing the test left")
+            figures["after"] = _traffic(
+                cfg, client, app_env(seed=30_000), cfg.after_requests, "after", seed=3
+            )
+        live = reg.current(cfg.alias)
+        figures["routing"] = live.arms if live is not None else {}
+    else:
+        _say("\n[3/4] no canary: the gate kept the incumbent")
+
+    # 4. the report
+    _say("\n[4/4] ownlm report: TFP, cost, savings; dashboard")
+    time.sleep(0.3)  # the trace writer flushes every 50 ms
+    report = build_report(
+        ReportConfig(
+            store_url=store_url,
+            gateway_config=str(work / "ownlm.yaml"),
+            reference_variant="strong",
+            value_per_success_usd=cfg.value_per_success_usd,
+            split_at=datetime.fromtimestamp(promoted_at, UTC),
+            title="ownlm demo: a zoology app owns its model",
+            out=str(work / "dashboard.html"),
+            json_out=str(work / "report.json"),
+        )
+    )
+    figures["report"] = _report_figures(report)
+    figures["dashboard"] = str(work / "dashboard.html")
+    return figures
+
+
+_GATE_KEYS = (
+    "domain_incumbent",
+    "domain_candidate",
+    "domain_diff",
+    "domain_diff_low",
+    "domain_diff_high",
+    "general_incumbent",
+    "general_candidate",
+    "general_diff",
+    "general_diff_low",
+    "general_diff_high",
+)
+
+
+def _traffic(
+    cfg: DemoConfig, client: Any, env: Any, n: int, phase: str, seed: int
+) -> dict[str, Any]:
+    from ownlm.demo.app import ask_and_rate, user_schedule
+
+    tasks = env.tasks("train", n)
+    users = user_schedule(n, cfg.questions_per_user, seed, phase)
+    by_variant: dict[str, list[int]] = {}
+    bar = tqdm(total=n, desc=f"  {phase} traffic", unit="req")
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        user, session = users[i]
+        out = ask_and_rate(
+            client, cfg.alias, tasks[i], env.reset(tasks[i]), user, session,
+            cfg.value_per_success_usd, cfg.max_tokens,
+        )  # fmt: skip
+        with lock:
+            ok, total = by_variant.setdefault(out.variant, [0, 0])
+            by_variant[out.variant] = [ok + out.correct, total + 1]
+            own = sum(t for v, (_, t) in by_variant.items() if v != cfg.strong_model)
+            bar.set_postfix(own_share=f"{own / sum(t for _, t in by_variant.values()):.0%}")
+            bar.update(1)
+
+    with ThreadPoolExecutor(cfg.concurrency) as pool:
+        for f in [pool.submit(one, i) for i in range(n)]:
+            f.result()
+    bar.close()
+    total = sum(t for _, t in by_variant.values())
+    own = sum(t for v, (_, t) in by_variant.items() if v != cfg.strong_model)
+    return {
+        "requests": total,
+        "own_share": own / total,
+        "accuracy_by_model": {v: ok / t for v, (ok, t) in by_variant.items()},
+        "requests_by_model": {v: t for v, (_, t) in by_variant.items()},
+    }
+
+
+def _report_figures(report: Any) -> dict[str, Any]:
+    """TFP, cost per success, own share and savings: before and after the promotion, and all."""
+
+    def pick(f: Any) -> dict[str, Any]:
+        keys = (
+            "requests",
+            "tfp_usd_per_mtok",
+            "success_rate",
+            "cost_usd",
+            "cost_per_success_usd",
+            "own_request_share",
+            "savings_usd",
+            "reference_cost_usd",
+        )
+        return {k: getattr(f, k) for k in keys}
+
+    out = {"total": pick(report.total)}
+    if report.split is not None:
+        out["before"] = pick(report.split.before)
+        out["after"] = pick(report.split.after)
+    return out
+
+
+def _print_figures(f: dict[str, Any]) -> None:
+    g = f["gate"]
+    lines = [
+        "",
+        f"ownlm demo figures ({f['date']}, measured in this run, {f['total_minutes']:.1f} min)",
+        f"  domain accuracy (held-out app prompts): base {g['domain_incumbent']:.3f} -> own "
+        f"{g['domain_candidate']:.3f} ({g['domain_diff']:+.3f}, 95% CI {g['domain_diff_low']:+.3f}"
+        f" to {g['domain_diff_high']:+.3f})",
+        f"  general accuracy (reasoning-gym mix): base {g['general_incumbent']:.3f} -> own "
+        f"{g['general_candidate']:.3f} ({g['general_diff']:+.3f}, 95% CI "
+        f"{g['general_diff_low']:+.3f} to {g['general_diff_high']:+.3f})",
+        f"  gate: {'PROMOTE' if g['promote'] else 'REJECT'}",
+        *("    " + r for r in g["reasons"]),
+    ]
+    for phase in ("before", "ab", "after"):
+        if phase in f:
+            p = f[phase]
+            acc = ", ".join(f"{v} {a:.2f}" for v, a in p["accuracy_by_model"].items())
+            lines.append(
+                f"  {phase:>6}: {p['requests']} requests, own model share {p['own_share']:.0%}, "
+                f"accuracy {acc}"
+            )
+    if "canary_status" in f:
+        lines.append(f"  canary after the A/B: {f['canary_status']}; routing now {f['routing']}")
+    r = f["report"]
+    for label in ("before", "after", "total"):
+        if label in r:
+            x = r[label]
+            lines.append(
+                f"  {label:>6}: TFP {_num(x['tfp_usd_per_mtok'], '$/1M tok')}, cost per success "
+                f"{_num(x['cost_per_success_usd'], '$', 6)}, own share "
+                f"{_num(x['own_request_share'], '', 2)}, saved vs all-upstream "
+                f"{_num(x['savings_usd'], '$', 4)} of {_num(x['reference_cost_usd'], '$', 4)}"
+            )
+    lines.append(f"  dashboard: {f['dashboard']}")
+    _say("\n".join(lines))
+
+
+def _num(x: float | None, unit: str, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    return f"{unit}{x:.{digits}f}" if unit == "$" else f"{x:.{digits}f} {unit}".strip()
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def demo_command(cfg: DemoConfig) -> None:
+    """`ownlm demo`: run it; figures go to the terminal and work_dir/figures.json."""
+    run_demo(cfg)

@@ -1,0 +1,105 @@
+"""The demo's plumbing end to end on a tiny random model: traffic, loop, A/B, report.
+
+The real run (`make demo`) uses SmolLM2 and takes minutes; here a tiny model keeps it fast, and
+the gate is replaced by an approving one (a random model cannot gain) so the A/B path runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ownlm.config import validate_config
+from ownlm.demo.app import check_legs
+from ownlm.demo.flywheel import DemoConfig, run_demo
+from ownlm.demo.strong import solve_leg_counting
+from ownlm.envs.base import Task
+
+
+def test_solver_and_verifier_agree_with_reasoning_gym() -> None:
+    from ownlm.demo.app import app_env
+
+    env = app_env(seed=50_000)
+    for task in env.tasks("train", 50):
+        answer = solve_leg_counting(task.question)
+        assert answer is not None and answer.endswith(f"Answer: {task.answer}")
+        assert check_legs(task, answer).correct
+        assert not check_legs(task, f"Answer: {int(task.answer) + 1}").correct
+    assert not check_legs(Task("t", "if you have 2 cows?", ""), "no idea").well_formed
+    assert solve_leg_counting("What is 2 + 2?") is None
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, tokenizer = tiny
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_demo_runs_the_whole_story_on_a_tiny_model(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ownlm.eval.gate as gate
+
+    real_decide = gate.decide
+
+    def lenient(domain: Any, general: Any, cfg: Any) -> Any:
+        _, reasons, metrics = real_decide(domain, general, cfg)
+        return True, ["pass: approved by the test"], metrics
+
+    monkeypatch.setattr(gate, "decide", lenient)
+    cfg = validate_config(
+        DemoConfig,
+        {
+            "work_dir": str(tmp_path / "demo"),
+            "baseline_requests": 24,
+            "ab_requests": 16,
+            "after_requests": 4,
+            "max_tokens": 4,
+            "threads": 1,
+            "loop": {
+                "base_model": str(tiny_model_dir),
+                "export": {
+                    "kinds": ["sft", "rl"],
+                    "eval_fraction": 0.25,
+                    "dedupe": {"near_threshold": None},
+                    "rl": {"verifier": "ownlm.demo.app:check_legs"},
+                },
+                "sft": {
+                    "max_steps": 1,
+                    "batch_size": 2,
+                    "micro_batch_size": 2,
+                    "lora": None,
+                    "progress": False,
+                    "eval_every_steps": 1,
+                },
+                "grpo": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
+                "domain_problems": 3,
+                "gate": {
+                    "max_new_tokens": 4,
+                    "general": [{"name": "g", "env": {"task": "chain_sum"}, "n_problems": 2}],
+                },
+                "promote": {"incumbent": "strong", "canary_weight": 0.5},
+            },
+        },
+        "test",
+    )
+    figures = run_demo(cfg)
+    assert figures["before"]["requests"] == 24 and figures["before"]["own_share"] == 0.0
+    assert figures["before"]["accuracy_by_model"] == {"gpt-4.1": 1.0}  # the solver is right
+    assert figures["gate"]["promote"]
+    assert 0.0 < figures["ab"]["own_share"] < 1.0  # the canary served part of the traffic
+    assert set(figures["ab"]["requests_by_model"]) == {"gpt-4.1", "zoology-own-v1"}
+    report = figures["report"]
+    assert report["before"]["own_request_share"] == 0.0
+    assert report["after"]["own_request_share"] > 0.0
+    assert report["before"]["tfp_usd_per_mtok"] > 0.0
+    html = Path(figures["dashboard"]).read_text()
+    assert "<svg" in html
+    saved = json.loads((tmp_path / "demo" / "figures.json").read_text())
+    assert saved["gate"]["promote"] is True
