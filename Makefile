@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PIPQ   := --quiet --disable-pip-version-check
 
-.PHONY: demo test test-slow bench lint clean-venv postgres system-deps
+.PHONY: demo demo-grpo test test-slow bench lint clean-venv postgres system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,10 +35,14 @@ test: $(STAMP) system-deps
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
-# GRPO on SmolLM2-135M-Instruct: held-out accuracy before, training, accuracy after with a 95% CI.
-# The random-reward control and the full table: `$(PY) bench/grpo_gain.py` (see README).
+# The flywheel offline: app traffic on a paid-API stand-in -> export -> SFT -> GRPO -> gate ->
+# canary A/B at the gateway -> TFP report and dashboard (runs/demo/). About 15 min on 2 cores.
 demo: $(STAMP)
-	$(PY) bench/grpo_gain.py --config examples/grpo_demo.yaml --out runs/demo --only grpo
+	$(PY) -m ownlm demo --config examples/flywheel_demo.yaml
+
+# GRPO alone on SmolLM2-135M-Instruct: held-out accuracy before and after with a 95% CI.
+demo-grpo: $(STAMP)
+	$(PY) bench/grpo_gain.py --config examples/grpo_demo.yaml --out runs/demo-grpo --only grpo
 
 bench: $(STAMP)
 	$(PIP) install $(PIPQ) -c constraints.txt -e ".[bench]"
