@@ -95,7 +95,9 @@ class ExportConfig(Config):
     rl: RLConfig = RLConfig()
 
     @model_validator(mode="after")
-    def _rl_needs_verifier(self) -> ExportConfig:
+    def _check_kinds(self) -> ExportConfig:
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"kinds lists a kind twice: {self.kinds}; name each once")
         if "rl" in self.kinds and not self.rl.verifier:
             raise ValueError(
                 "kinds has 'rl' but rl.verifier is empty; set it, e.g. rl.verifier="

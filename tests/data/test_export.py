@@ -504,6 +504,8 @@ def test_errors_say_what_was_wrong(tmp_path: Path) -> None:
         export(config(url, tmp_path / "file" / "sub"))
     with pytest.raises(ConfigError, match="rl.verifier is empty"):
         load_config(ExportConfig, None, ["kinds=[rl]"])
+    with pytest.raises(ConfigError, match="lists a kind twice"):
+        load_config(ExportConfig, None, ["kinds=[sft,sft]"])
     with pytest.raises(ConfigError, match="did you mean 'eval_fraction'"):
         load_config(ExportConfig, None, ["eval_frac=0.2"])
 
@@ -517,3 +519,23 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert printed["config"]["eval_fraction"] == 0.5
     assert main(["export", "--config", str(cfg), "--set", "filters.aliases=[nope]"]) == 2
     assert "no trace left to export" in capsys.readouterr().err
+
+
+def test_iter_traces_reads_every_trace_once_across_pages(tmp_path: Path) -> None:
+    # Equal created_at values straddle page boundaries: the (created_at, trace_id) key keeps
+    # them apart. (TraceStore.iter_traces was added for the export; tested here.)
+    times = [0, 1, 1, 1, 2, 3, 3]
+    traces = [Trace(trace_id=f"t{i}", created_at=T0 + s) for i, s in enumerate(times)]
+    url = make_store(tmp_path, traces[::-1])
+    store = TraceStore(url)
+    try:
+        assert [t.trace_id for t in store.iter_traces(page_size=2)] == [f"t{i}" for i in range(7)]
+        assert [t.trace_id for t in store.iter_traces(T0 + 1, T0 + 3, page_size=2)] == [
+            "t1",
+            "t2",
+            "t3",
+            "t4",
+        ]
+        assert list(store.iter_traces(T0 + 10)) == []
+    finally:
+        store.close()
