@@ -1,6 +1,6 @@
 """`ownlm export`: turn stored traces into SFT chats, preference pairs and RL prompt sets.
 
-    ownlm export --config examples/export.yaml --set out_dir=datasets/v2 --set kinds=[sft,rl]
+    ownlm export --config export.yaml --set out_dir=datasets/v2 --set 'kinds=[sft,rl]'
 
 Reads top to bottom: open the store → read traces oldest first, dropping those a filter rejects
 or that cannot be written faithfully → redact PII in every kept text → build the rows of each
@@ -56,8 +56,9 @@ from ownlm.store.schema import Feedback, Trace
 from ownlm.store.trace_store import TraceStore
 
 Kind = Literal["sft", "pairs", "rl"]
-# Keys whose string values are structure, not text a user wrote: never redacted.
-_STRUCTURE_KEYS = frozenset({"role", "type", "id", "tool_call_id", "name"})
+# Keys whose string values are structure, not text a user wrote: never redacted (a tool call
+# id can look like a secret, and redacting it would unlink the call from its result).
+_STRUCTURE_KEYS = frozenset({"role", "type", "id", "tool_call_id"})
 
 
 class DedupeConfig(Config):
