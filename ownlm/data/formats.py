@@ -18,7 +18,8 @@ RL prompts (`rl_*.jsonl`), read by `ownlm/envs/prompt_set.py`:
 Messages are normalised before anything else: a content given as a list of parts becomes the
 joined text of its text parts ("developer" becomes "system"); keys other than role, content,
 name, tool_calls and tool_call_id are dropped. A trace that cannot be written faithfully (an
-image part, an unknown role, no answer, an answer cut by max_tokens) is skipped with a reason.
+image part, an unknown role, a tool call without id or with arguments that are not JSON, no
+answer, an answer cut by max_tokens) is skipped with a reason.
 """
 
 from __future__ import annotations
@@ -58,12 +59,18 @@ def _tool_calls(calls: Any) -> list[dict[str, Any]]:
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise SkipTrace("malformed_message")
+        if not isinstance(call.get("id"), str) or not call["id"]:
+            raise SkipTrace("malformed_message")  # a result could not name its call
         args = fn.get("arguments", "")
         if not isinstance(args, str):  # some clients send an object; OpenAI's format is a string
             args = json.dumps(args, ensure_ascii=False)
+        try:
+            json.loads(args)
+        except json.JSONDecodeError:
+            raise SkipTrace("invalid_tool_arguments") from None  # e.g. cut by max_tokens
         out.append(
             {
-                "id": str(call.get("id", "")),
+                "id": call["id"],
                 "type": "function",
                 "function": {"name": fn["name"], "arguments": args},
             }
@@ -86,7 +93,9 @@ def normalize_message(msg: Any) -> Message:
             raise SkipTrace("malformed_message")
         raise SkipTrace("empty_answer")
     if role == "tool":
-        out["tool_call_id"] = str(msg.get("tool_call_id", ""))
+        if not isinstance(msg.get("tool_call_id"), str) or not msg["tool_call_id"]:
+            raise SkipTrace("malformed_message")
+        out["tool_call_id"] = msg["tool_call_id"]
     if isinstance(msg.get("name"), str) and role in ("system", "user", "assistant"):
         out["name"] = msg["name"]
     return out

@@ -57,6 +57,18 @@ def test_tool_message_keeps_its_call_id() -> None:
         ({"role": "wizard", "content": "hi"}, "unknown_role"),
         ({"role": "user", "content": None}, "malformed_message"),
         ("hello", "malformed_message"),
+        ({"role": "tool", "content": "r"}, "malformed_message"),
+        (
+            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]},
+            "malformed_message",
+        ),
+        (
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": '{"a": '}}],
+            },
+            "invalid_tool_arguments",
+        ),
     ],
 )
 def test_unwritable_messages_are_skipped(msg: Any, reason: str) -> None:
