@@ -204,3 +204,26 @@ def test_bad_inputs(tiny_dir: Path, tmp_path: Path) -> None:
     train_reward_model(_config(tiny_dir, rm_dir, max_steps=1))
     with pytest.raises(DataError, match="does not end with an assistant message"):
         load_reward_model(rm_dir).score_texts([[{"role": "user", "content": "hi"}]])
+
+
+@pytest.mark.slow
+def test_reward_model_ranks_held_out_pairs_on_smollm2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(Path(__file__).parents[2])  # the example's data paths are repo-relative
+    cfg = load_config(
+        RewardModelConfig, "examples/reward_model.yaml", [f"run_dir={tmp_path / 'run'}"]
+    )
+    summary = train_reward_model(cfg)
+    # measured (docs/rewards.md): 80 held-out pairs, eval loss 0.565 -> 0.366, accuracy 0.71
+    # (Wilson 95% CI 0.61-0.80); 39/39 of the rambling rejections, 18/41 of the wrong results.
+    assert summary.eval_accuracy_ci_low is not None and summary.eval_accuracy_ci_low > 0.5
+    losses = _values(tmp_path / "run", "eval/loss")
+    assert losses[-1] < losses[0] - 0.1
+    rm = load_reward_model(summary.final_dir, max_seq_len=cfg.max_seq_len)
+    rows = [json.loads(line) for line in Path(cfg.eval_file or "").read_text().splitlines()]
+    rambling = [r for r in rows if "Answer:" not in r["rejected"]]
+    r_chosen = rm.score_texts([_conv(r["prompt"], r["chosen"]) for r in rambling])
+    r_rejected = rm.score_texts([_conv(r["prompt"], r["rejected"]) for r in rambling])
+    wins = sum(c > r for c, r in zip(r_chosen, r_rejected, strict=True))
+    assert wins >= 0.9 * len(rambling)
