@@ -120,6 +120,10 @@ def _secrets(text: str) -> Iterator[Span]:
         yield m.start(), m.end(), "SECRET"
     for m in _SECRET_VALUE.finditer(text):
         group = 1 if m.group(1) is not None else 2
+        value = m.group(group)
+        # "Bearer authentication" is prose: a bearer token has a digit or is long.
+        if group == 1 and len(value) < 32 and not any(c.isdigit() for c in value):
+            continue
         yield m.start(group), m.end(group), "SECRET"
     for m in _TOKEN.finditer(text):
         token = m.group()

@@ -62,6 +62,7 @@ def test_each_pii_kind_is_replaced(text: str, expected: str) -> None:
         "max_tokens: 1024000 and tokens=512",
         "call the function get_order with order_id ORD-2024-000123",
         "DE89 is a prefix, not an IBAN",
+        "Use Bearer authentication for the API and keep tokens short.",
     ],
 )
 def test_ordinary_text_stays(text: str) -> None:
