@@ -21,15 +21,6 @@ from ownlm.store.schema import Feedback, Trace
 from ownlm.store.trace_store import TraceStore
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tiny: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, tokenizer = tiny
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def fill_store(url: str, n: int = 40) -> None:
     store = TraceStore(url)
     traces = []

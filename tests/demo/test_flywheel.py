@@ -32,15 +32,6 @@ def test_solver_and_verifier_agree_with_reasoning_gym() -> None:
     assert solve_leg_counting("What is 2 + 2?") is None
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tiny: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, tokenizer = tiny
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_demo_runs_the_whole_story_on_a_tiny_model(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ownlm.config import validate_config
 from ownlm.errors import ConfigError
 from ownlm.eval.gate import GateConfig, decide
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tiny: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared tiny random model saved as a model directory."""
-    model, tokenizer = tiny
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
 
 DOMAIN = {"name": "app", "env": {"kind": "reasoning_gym", "task": "chain_sum"}}
 

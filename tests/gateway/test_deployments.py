@@ -26,15 +26,6 @@ USER_KEY = "sk-test-user"  # the keys conftest.py configures
 ALIAS = "ab-free"
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tiny: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, tokenizer = tiny
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def start(cfg: Any) -> tuple[uvicorn.Server, Any]:
     import threading
 
