@@ -13,6 +13,8 @@ from ownlm.envs.search.env import SearchConfig, SearchEnv, parse_answer, token_f
 from ownlm.envs.search.index import SearchIndex
 from ownlm.envs.tools import ToolCall, ToolCallError
 from ownlm.errors import ConfigError, DataError
+from ownlm.eval.accuracy import EvalConfig, run_eval
+from ownlm.models.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +135,18 @@ def test_user_documents_and_questions(tmp_path: Path) -> None:
     bad.write_text('{"title": "x"}\n')
     with pytest.raises(DataError, match='line 1: a document needs a string "text"'):
         load_documents(bad)
+
+
+def test_eval_reports_multi_turn_figures(tmp_path: Path) -> None:
+    model, tok = tiny_model(seed=0)
+    cfg = EvalConfig(
+        env=SearchConfig(n_companies=4, test_fraction=0.5), n_problems=3, max_new_tokens=6,
+        max_episode_tokens=24, out_path=str(tmp_path / "rows.jsonl"),
+    )  # fmt: skip
+    report = run_eval(cfg, model=model, tokenizer=tok)
+    assert report.n == 3 and report.env == "search"
+    assert report.tool_use_rate == 0.0  # a random model writes no call
+    assert report.answer_accuracy == 0.0 and report.citation_accuracy == 0.0
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert rows[0]["transcript"][0]["role"] == "assistant"
+    assert {r["finish_reason"] for r in rows} <= {"answer", "max_tokens"}

@@ -92,10 +92,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     return [{k: v for k, v in json.loads(ln).items() if k not in TIMING_KEYS} for ln in lines]
 
 
-@pytest.mark.parametrize("loss", ["grpo", "dr_grpo"])
 def test_multiturn_grpo_trains_and_resumes(
-    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loss: str
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    loss = "grpo"
     monkeypatch.setattr(episodes_module, "sample_completions", first_turn_calls)
     full = tmp_path / "full"
     train_grpo(config(tiny_dir, full, loss=loss), env=LookupEnv())
@@ -116,11 +116,16 @@ def test_multiturn_grpo_trains_and_resumes(
         assert a == pytest.approx(b, abs=1e-5)
 
 
-def test_multiturn_grpo_with_thinking(
-    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("loss", "thinking"), [("dapo", True), ("dr_grpo", False), ("rloo", False)]
+)
+def test_multiturn_grpo_other_losses_and_thinking(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loss: str, thinking: bool
 ) -> None:
     monkeypatch.setattr(episodes_module, "sample_completions", first_turn_calls)
-    cfg = config(tiny_dir, tmp_path / "think", steps=1, enable_thinking=True,
-                 thinking_budget_tokens=4, loss="dapo")  # fmt: skip
+    budget = 4 if thinking else None
+    cfg = config(tiny_dir, tmp_path / loss, steps=1, enable_thinking=thinking,
+                 thinking_budget_tokens=budget, loss=loss)  # fmt: skip
     summary = train_grpo(cfg, env=LookupEnv())
     assert summary.last_metrics["rollout/tool_use_rate"] == 1.0
+    assert summary.last_metrics["rollout/turns_mean"] >= 2.0
