@@ -43,6 +43,7 @@ from ownlm.data.formats import (
     Message,
     SkipTrace,
     answer_message,
+    dedupe_text,
     map_texts,
     message_text,
     prompt_messages,
@@ -270,6 +271,15 @@ def export(cfg: ExportConfig) -> ExportSummary:
     # 2. rows of each kind
     rows: list[_Row] = []
     dropped_feedback: Counter[str] = Counter()
+    dropped_dedupe: Counter[str] = Counter()
+    # A later turn of a conversation sends the earlier turns (and their answers) as its prompt:
+    # its SFT row holds the earlier rows whole, so with dedupe on those are dropped.
+    within_later_prompt = {
+        normalize_text(message_text(u.prompt[: i + 1]))
+        for u in usable
+        for i, m in enumerate(u.prompt)
+        if m["role"] == "assistant"
+    }
     for kind in cfg.kinds:
         if kind == "pairs":
             rows.extend(_pair_rows(usable, cfg.pairs.min_reward_gap))
@@ -279,12 +289,18 @@ def export(cfg: ExportConfig) -> ExportSummary:
                 dropped_feedback[kind] += 1
                 continue
             if kind == "sft":
-                data: dict[str, Any] = {"messages": [*u.prompt, u.answer]}
+                chat = [*u.prompt, u.answer]
+                if cfg.dedupe is not None and (
+                    normalize_text(message_text(chat)) in within_later_prompt
+                ):
+                    dropped_dedupe["sft_in_later_turn"] += 1
+                    continue
+                data: dict[str, Any] = {"messages": chat}
                 if u.tools is not None:
                     data["tools"] = u.tools
-                text = message_text(u.prompt)
+                text = dedupe_text(u.prompt)
                 if cfg.dedupe is not None and cfg.dedupe.sft_on == "prompt_and_answer":
-                    text = message_text([*u.prompt, u.answer])
+                    text = dedupe_text(chat)
             else:
                 try:
                     messages = up_to_last_user(u.prompt)
@@ -302,11 +318,10 @@ def export(cfg: ExportConfig) -> ExportSummary:
                         "tags": list(u.trace.tags),
                     },
                 }
-                text = message_text(messages)
+                text = dedupe_text(messages)
             rows.append(_Row(kind, data, text, [group_key(u.trace)]))
 
     # 3. duplicates, first by time kept (rows of a kind are in trace time order)
-    dropped_dedupe: Counter[str] = Counter()
     if cfg.dedupe is not None:
         indexes = {k: DedupeIndex(cfg.dedupe.near_threshold, cfg.seed) for k in cfg.kinds}
         kept = []
@@ -388,5 +403,5 @@ def _pair_rows(usable: list[_Usable], min_gap: float) -> list[_Row]:
             continue
         data = {"prompt": chosen.prompt, "chosen": [chosen.answer], "rejected": [rejected.answer]}
         keys = [group_key(chosen.trace), group_key(rejected.trace)]
-        rows.append(_Row("pairs", data, message_text(chosen.prompt), keys))
+        rows.append(_Row("pairs", data, dedupe_text(chosen.prompt), keys))
     return rows

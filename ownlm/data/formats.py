@@ -148,6 +148,15 @@ def message_text(messages: list[Message]) -> str:
     return "\n".join(parts)
 
 
+def dedupe_text(messages: list[Message]) -> str:
+    """The text duplicates are judged on: the messages without system turns.
+
+    Apps send one long system prompt with every request; kept in, it would make every pair of
+    prompts look alike.
+    """
+    return message_text([m for m in messages if m["role"] != "system"])
+
+
 def map_texts(obj: Any, fn: Callable[[str], str], *, skip_keys: frozenset[str]) -> Any:
     """A copy of a JSON value with fn applied to every string not under a key in skip_keys."""
     if isinstance(obj, str):

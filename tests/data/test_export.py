@@ -228,14 +228,13 @@ def test_sft_rows_follow_openai_format_and_load_with_datasets(tmp_path: Path) ->
     datasets = pytest.importorskip("datasets")
     url = make_store(tmp_path, support_traces())
     out = tmp_path / "out"
-    summary = export(config(url, out, kinds=["sft"], eval_fraction=0.0))
+    summary = export(config(url, out, kinds=["sft"], eval_fraction=0.0, dedupe=None))
     rows = read_jsonl(out / "sft_train.jsonl")
     assert (out / "sft_eval.jsonl").read_text() == ""
     assert [openai_format_errors(r) for r in rows] == [[] for _ in rows]
-    # 17 chats - 1 near dup - 1 exact dup; the failed and the embeddings trace are filtered
-    assert summary.counts["sft"] == {"train": 15, "eval": 0}
+    # 17 chats; the failed and the embeddings trace are filtered
+    assert summary.counts["sft"] == {"train": 17, "eval": 0}
     assert summary.dropped["filter"] == {"status": 1, "endpoint": 1}
-    assert summary.dropped["dedupe"] == {"sft_near": 1, "sft_exact": 1}
     with_tools = [r for r in rows if "tools" in r]
     assert len(with_tools) == 2 and with_tools[0]["tools"] == TOOLS
     assert with_tools[0]["messages"][-1] == {
@@ -256,8 +255,42 @@ def test_sft_rows_follow_openai_format_and_load_with_datasets(tmp_path: Path) ->
         split="train",
         cache_dir=str(tmp_path / "c"),
     )
-    assert loaded.num_rows == 15
+    assert loaded.num_rows == 17
     assert loaded[0]["messages"][-1]["role"] == "assistant"
+
+
+def test_duplicates_and_earlier_turns_are_dropped(tmp_path: Path) -> None:
+    url = make_store(tmp_path, support_traces())
+    summary = export(config(url, tmp_path / "out", kinds=["sft"]))
+    # the near and the exact duplicate; the tool-call turn at t=20 is whole inside the prompt
+    # of the turn at t=21, whose row keeps it
+    assert summary.dropped["dedupe"] == {"sft_near": 1, "sft_exact": 1, "sft_in_later_turn": 1}
+    assert sum(summary.counts["sft"].values()) == 17 - 3
+
+
+def test_a_shared_system_prompt_does_not_make_duplicates(tmp_path: Path) -> None:
+    rules = " ".join(
+        f"Rule {i}: answer about product line {i * 37 % 101} politely." for i in range(30)
+    )
+    system = {"role": "system", "content": f"You are the support bot of Acme. {rules}"}
+    turn1 = [system, {"role": "user", "content": "How do I reset my password?"}]
+    answer1 = {"role": "assistant", "content": "Open Settings, then Security."}
+    turn2 = [*turn1, answer1, {"role": "user", "content": "And where is Security on Android?"}]
+    traces = [
+        chat_trace(turn1, answer1, t=0, session="a"),
+        chat_trace(turn2, "Under the menu at the top left.", t=1, session="a"),
+        chat_trace(
+            [system, {"role": "user", "content": "Can I pay an invoice by bank transfer?"}],
+            "Yes, see Billing.",
+            t=2,
+            session="b",
+        ),
+    ]
+    url = make_store(tmp_path, traces)
+    summary = export(config(url, tmp_path / "out", kinds=["sft", "rl"], rl={"verifier": "exact"}))
+    assert summary.dropped["dedupe"] == {"sft_in_later_turn": 1}
+    assert sum(summary.counts["sft"].values()) == 2  # turn 2 of a (holds turn 1) and b
+    assert sum(summary.counts["rl"].values()) == 3  # each prompt is a task
 
 
 def test_sft_loader_reads_a_plain_chat_export(tmp_path: Path) -> None:
