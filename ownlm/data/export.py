@@ -277,6 +277,7 @@ def export(cfg: ExportConfig) -> ExportSummary:
     within_later_prompt = {
         normalize_text(message_text(u.prompt[: i + 1]))
         for u in usable
+        if passes_feedback(u.feedback, cfg.filters.feedback)
         for i, m in enumerate(u.prompt)
         if m["role"] == "assistant"
     }

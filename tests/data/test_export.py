@@ -292,6 +292,14 @@ def test_a_shared_system_prompt_does_not_make_duplicates(tmp_path: Path) -> None
     assert sum(summary.counts["sft"].values()) == 2  # turn 2 of a (holds turn 1) and b
     assert sum(summary.counts["rl"].values()) == 3  # each prompt is a task
 
+    # a thumbs-down on turn 2 drops it, and then turn 1 is no longer held by another row
+    store = TraceStore(url)
+    store.add_feedback(Feedback(trace_id=traces[1].trace_id, thumbs=-1))
+    store.close()
+    rated = export(config(url, tmp_path / "rated", kinds=["sft"]))
+    assert rated.dropped["dedupe"] == {} and rated.dropped["feedback"] == {"sft": 1}
+    assert sum(rated.counts["sft"].values()) == 2  # turn 1 of a, and b
+
 
 def test_sft_loader_reads_a_plain_chat_export(tmp_path: Path) -> None:
     url = make_store(tmp_path, support_traces())
