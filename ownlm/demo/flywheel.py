@@ -29,7 +29,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from ownlm.config import Config, validate_config
-from ownlm.errors import GateRejected
+from ownlm.errors import GateRejected, OwnlmError
 
 
 class DemoConfig(Config):
@@ -106,7 +106,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             }
         )
         (work / "ownlm.yaml").write_text(yaml.safe_dump(gw_cfg.model_dump(mode="json")))
-        server = uvicorn.Server(uvicorn_config(build_app(gw_cfg), gw_cfg))
+        app = build_app(gw_cfg)
+        server = uvicorn.Server(uvicorn_config(app, gw_cfg))
         thread = threading.Thread(target=server.run, daemon=True, name="gateway")
         thread.start()
         while not server.started and thread.is_alive():
@@ -115,7 +116,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             base_url=f"http://127.0.0.1:{gw_cfg.port}/v1", api_key="demo", max_retries=0
         )
         try:
-            figures = _story(cfg, client, store_url, work, LoopConfig, run_loop)
+            figures = _story(cfg, client, store_url, work, LoopConfig, run_loop, app.app)
         finally:
             server.should_exit = True
             thread.join(30)
@@ -126,7 +127,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _story(
-    cfg: DemoConfig, client: Any, store_url: str, work: Path, loop_cls: Any, run_loop: Any
+    cfg: DemoConfig,
+    client: Any,
+    store_url: str,
+    work: Path,
+    loop_cls: Any,
+    run_loop: Any,
+    gateway: Any,
 ) -> dict[str, Any]:
     from ownlm.demo.app import app_env
     from ownlm.report.build import ReportConfig, build_report
@@ -170,6 +177,9 @@ def _story(
     reg = Registry(TraceStore(store_url))
     if promoted:
         _say(f"\n[3/4] A/B: canary {cycle['version']} gets part of the traffic; feedback decides")
+        live = reg.current(cfg.alias)
+        assert live is not None
+        _wait_until_served(gateway, cfg.alias, live.seq)
         figures["ab"] = _traffic(cfg, client, app_env(seed=20_000), cfg.ab_requests, "ab", seed=2)
         version = reg.get(cycle["version"])
         figures["canary_status"] = version.status
@@ -201,6 +211,15 @@ def _story(
     figures["report"] = _report_figures(report)
     figures["dashboard"] = str(work / "dashboard.html")
     return figures
+
+
+def _wait_until_served(gateway: Any, alias: str, seq: int, timeout_s: float = 300.0) -> None:
+    """Wait until the gateway has loaded the canary and routes by deployment `seq`."""
+    deadline = time.monotonic() + timeout_s
+    while gateway.deployed.get(alias) != seq:
+        if time.monotonic() > deadline:
+            raise OwnlmError(f"the gateway did not pick up deployment #{seq} in {timeout_s:.0f} s")
+        time.sleep(0.2)
 
 
 _GATE_KEYS = (

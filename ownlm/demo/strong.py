@@ -9,9 +9,7 @@ Token counts in `usage` follow the ~4 characters per token rule of thumb.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +17,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
+
+from ownlm.gateway.loopback import serve_in_thread
 
 _QUESTION = re.compile(r"if you have (?P<list>.+?)\?", re.IGNORECASE | re.DOTALL)
 _ITEM = re.compile(r"^\s*(?P<n>\d+)\s+(?P<animal>.+?)\s*$")
@@ -105,23 +105,5 @@ def serve_strong_model(port: int) -> Iterator[str]:
     """Run the stand-in on 127.0.0.1:port in a thread; yields its base URL (ending in /v1)."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", _chat)
-    runner = web.AppRunner(app, access_log=None)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True, name="strong-stand-in")
-    thread.start()
-    started.wait(10)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serve_in_thread(app, port) as url:
+        yield url

@@ -29,6 +29,7 @@ import uvicorn
 from aiohttp import web
 
 from ownlm.gateway.config import GatewayConfig
+from ownlm.gateway.loopback import serve_in_thread
 from ownlm.gateway.server import build_app, uvicorn_config
 
 USER_KEY = "sk-test-user"
@@ -157,29 +158,12 @@ def mock_upstream() -> Iterator[MockUpstream]:
     """The mock upstream, served from a thread for the whole session."""
     port = free_port()
     mock = MockUpstream(f"http://127.0.0.1:{port}/v1")
-    loop = asyncio.new_event_loop()
     app = web.Application()
     app[MOCK] = mock
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/embeddings", _embeddings)
-    runner = web.AppRunner(app, access_log=None)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    started.wait(10)
-    yield mock
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_in_thread(app, port):
+        yield mock
 
 
 def gateway_config(upstream_url: str, store_url: str, **overrides: Any) -> GatewayConfig:
