@@ -310,11 +310,6 @@ def test_sft_loader_reads_a_plain_chat_export(tmp_path: Path) -> None:
     assert all(c.messages[-1]["role"] == "assistant" for c in chats)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train/datasets.py reads only role + content and requires a string content, so an "
-    "assistant turn with tool_calls (content null) is refused; remove this mark when it reads them",
-)
 def test_sft_loader_reads_tool_calls(tmp_path: Path) -> None:
     url = make_store(tmp_path, support_traces())
     export(
@@ -322,8 +317,11 @@ def test_sft_loader_reads_tool_calls(tmp_path: Path) -> None:
             url, tmp_path / "out", kinds=["sft"], filters={"aliases": ["agent"]}, eval_fraction=0.0
         )
     )
-    chats = read_chats(tmp_path / "out" / "sft_train.jsonl")
-    assert "tool_calls" in chats[0].messages[-1]
+    # The call-only trace is held whole by the later one's prompt (dedupe), so one row has both.
+    [chat] = read_chats(tmp_path / "out" / "sft_train.jsonl")
+    assert chat.messages[2]["tool_calls"][0]["function"]["name"] == "get_order"
+    assert chat.messages[3]["tool_call_id"] == "call_1"
+    assert chat.tools == TOOLS
 
 
 def test_pairs_from_feedback_load_with_the_dpo_reader(tmp_path: Path) -> None:
