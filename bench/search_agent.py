@@ -56,6 +56,9 @@ def write_demonstrations(env: SearchEnv, n: int, seed: int, path: Path) -> None:
             f.write(json.dumps({"messages": env.demonstration(task)}) + "\n")
 
 
+STAGES = ["eval_base", "sft", "eval_sft", "grpo", "eval_grpo"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="examples/search_agent.yaml")
@@ -67,9 +70,10 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--only",
-        choices=["base", "train"],
-        help="base: just eval (a); train: just (b) and (c). Run both side by side, then once "
-        "more without --only: finished stages are reused and the table is printed",
+        nargs="+",
+        choices=STAGES,
+        help="run just these stages (e.g. eval_base beside sft, then eval_sft beside grpo); run "
+        "once more without --only: finished stages are reused and the table is printed",
     )
     args = parser.parse_args()
     out = Path(args.out)
@@ -81,17 +85,16 @@ def main() -> None:
         torch.set_num_threads(cfg.threads)
     env = SearchEnv(cfg.env)
     times: dict[str, float] = {}
+    run = set(args.only or STAGES)
 
     t = time.perf_counter()
-    if args.only != "train":
+    if "eval_base" in run:
         base = evaluate(cfg.model, cfg, args.n_test, out / "eval_base.jsonl")
     times["eval_base"] = time.perf_counter() - t
-    if args.only == "base":
-        return
 
     t = time.perf_counter()
     sft_dir = out / "sft"
-    if not (sft_dir / "final").exists():
+    if "sft" in run and not (sft_dir / "final").exists():
         n_demo = args.sft_steps * args.sft_batch
         write_demonstrations(env, n_demo, cfg.seed, out / "sft_train.jsonl")
         write_demonstrations(env, n_demo + 16, cfg.seed + 1, out / "sft_eval_all.jsonl")
@@ -118,21 +121,23 @@ def main() -> None:
         )
     times["sft"] = time.perf_counter() - t
     t = time.perf_counter()
-    sft = evaluate(str(sft_dir / "final"), cfg, args.n_test, out / "eval_sft.jsonl")
+    if "eval_sft" in run:
+        sft = evaluate(str(sft_dir / "final"), cfg, args.n_test, out / "eval_sft.jsonl")
     times["eval_sft"] = time.perf_counter() - t
 
     t = time.perf_counter()
     grpo_cfg = cfg.model_copy(
         update={"model": str(sft_dir / "final"), "run_dir": str(out / "grpo")}
     )
-    if not (out / "grpo" / "final").exists():
+    if "grpo" in run and not (out / "grpo" / "final").exists():
         train_grpo(grpo_cfg)
     times["grpo"] = time.perf_counter() - t
     t = time.perf_counter()
-    grpo = evaluate(str(out / "grpo" / "final"), cfg, args.n_test, out / "eval_grpo.jsonl")
+    if "eval_grpo" in run:
+        grpo = evaluate(str(out / "grpo" / "final"), cfg, args.n_test, out / "eval_grpo.jsonl")
     times["eval_grpo"] = time.perf_counter() - t
 
-    if args.only == "train":
+    if args.only:
         return
     stages = {"base (prompt only)": base, "+ SFT warm-up": sft, "+ GRPO": grpo}
     print(f"\n{args.n_test} held-out questions, greedy; correct = exact answer citing its doc")
