@@ -131,16 +131,20 @@ def _message(msg: Any, label: str, where: str) -> Message:
     role = msg["role"]
     if role not in ROLES:
         raise DataError(f"{where}: {label} has role {role!r}; use one of {', '.join(ROLES)}")
+    if "function_call" in msg:
+        raise DataError(
+            f"{where}: {label} uses the legacy 'function_call'; write it as 'tool_calls'"
+        )
     calls = msg.get("tool_calls")
     out: Message = {"role": role}
-    if calls is not None:
+    if calls is not None and calls != []:  # some clients send an empty list for no calls
         if role != "assistant":
             raise DataError(
                 f"{where}: {label} has 'tool_calls' but role {role!r}; only "
                 "assistant messages call tools"
             )
-        if not isinstance(calls, list) or not calls:
-            raise DataError(f"{where}: {label}.tool_calls must be a non-empty list")
+        if not isinstance(calls, list):
+            raise DataError(f"{where}: {label}.tool_calls must be a list of calls")
         if not isinstance(msg.get("content"), str | None):
             raise DataError(f"{where}: {label}.content must be a string or null")
         out["content"] = msg.get("content")

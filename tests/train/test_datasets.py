@@ -344,7 +344,21 @@ _GOOD_CALL = _call("c1", "lookup", {"key": "x"})
             None,
             "messages[1] has 'tool_calls' but role 'user'; only assistant messages call tools",
         ),
-        ([_msg("user", "q"), _calling()], None, "messages[1].tool_calls must be a non-empty"),
+        (
+            [_msg("user", "q"), {"role": "assistant", "content": None, "tool_calls": {}}],
+            None,
+            "messages[1].tool_calls must be a list of calls",
+        ),
+        (
+            [_msg("user", "q"), _calling()],
+            None,
+            "messages[1].content must be a string (null only beside tool_calls)",
+        ),
+        (
+            [_msg("user", "q"), {**_msg("assistant", ""), "function_call": {"name": "f"}}],
+            None,
+            "messages[1] uses the legacy 'function_call'; write it as 'tool_calls'",
+        ),
         (
             [_msg("user", "q"), _calling({**_GOOD_CALL, "id": ""})],
             None,
