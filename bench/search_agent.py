@@ -59,6 +59,15 @@ def write_demonstrations(env: SearchEnv, n: int, seed: int, path: Path) -> None:
 STAGES = ["eval_base", "sft", "eval_sft", "grpo", "eval_grpo"]
 
 
+def correct_by_kind(rows_path: Path) -> dict[str, float]:
+    """Share correct per question kind (the last part of a synthetic task id)."""
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line]
+    kinds: dict[str, list[bool]] = {}
+    for r in rows:
+        kinds.setdefault(r["id"].rsplit("/", 1)[-1], []).append(bool(r["correct"]))
+    return {k: sum(v) / len(v) for k, v in kinds.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="examples/search_agent.yaml")
@@ -158,6 +167,10 @@ def main() -> None:
         gains[name] = paired_gain(out / f"eval_{a}.jsonl", out / f"eval_{b}.jsonl")
         g, lo, hi = gains[name]
         print(f"gain {name:12} {g:+.3f}  95% CI (paired) {lo:+.3f} .. {hi:+.3f}")
+    print("correct by question kind (base / sft / grpo):")
+    kinds = {name: correct_by_kind(out / f"eval_{name}.jsonl") for name in ("base", "sft", "grpo")}
+    for kind in kinds["base"]:
+        print(f"  {kind:14} " + " / ".join(f"{kinds[n][kind]:.2f}" for n in kinds))
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     (out / "summary.json").write_text(
         json.dumps(

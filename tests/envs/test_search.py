@@ -150,3 +150,10 @@ def test_eval_reports_multi_turn_figures(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert rows[0]["transcript"][0]["role"] == "assistant"
     assert {r["finish_reason"] for r in rows} <= {"answer", "max_tokens"}
+
+
+def test_train_kinds_filter_only_the_train_split() -> None:
+    env = SearchEnv(SearchConfig(n_companies=20, test_fraction=0.25, train_kinds=["year"]))
+    assert env.pool_size("train") == 15
+    assert {t.metadata["kind"] for t in env.tasks("train", 15)} == {"year"}
+    assert env.pool_size("test") == 40

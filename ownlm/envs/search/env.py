@@ -32,8 +32,7 @@ from ownlm.errors import ConfigError
 from ownlm.models.chat import THINK_OFF_PREFIX, split_thinking
 
 SYSTEM_PROMPT = (
-    "Answer questions by searching documents.\n{tools}\n"
-    "Then reply: Answer: <answer> [doc <id>]"
+    "Answer questions by searching documents.\n{tools}\nThen reply: Answer: <answer> [doc <id>]"
 )
 _CITATION = re.compile(r"\[doc\s*(\d+)\]", re.IGNORECASE)
 _ANSWER = re.compile(r"answer\s*:\s*(.*)", re.IGNORECASE)
@@ -46,9 +45,7 @@ TOOLS = [
         {"query": ("string", "words to look for")},
         ["query"],
     ),
-    function_tool(
-        "open", "read a document", {"doc_id": ("integer", "a document id")}, ["doc_id"]
-    ),
+    function_tool("open", "read a document", {"doc_id": ("integer", "a document id")}, ["doc_id"]),
 ]
 
 
@@ -61,6 +58,9 @@ class SearchConfig(Config):
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     docs_path: str | None = None  # your documents (JSONL or a folder of .txt); see corpus.py
     questions_path: str | None = None  # your questions (JSONL with a split field)
+    # train only on these question kinds (e.g. [founder_bcity, founder_byear], the two-hop ones);
+    # None: all. The test split is never filtered.
+    train_kinds: list[str] | None = None
     top_k: int = Field(default=3, ge=1)
     snippet_chars: int = Field(default=200, ge=20)
     max_turns: int = Field(default=4, ge=1)
@@ -95,9 +95,7 @@ class SearchEnv:
 
     def tasks(self, split: str, n: int) -> list[Task]:
         """The first n questions of a split (train questions are shuffled by the recipe)."""
-        if split not in self._splits:
-            raise ConfigError(f"unknown split '{split}'; use 'train' or 'test'")
-        pool = self._splits[split]
+        pool = self._pool(split)
         if n > len(pool):
             raise ConfigError(
                 f"asked for {n} {split} questions but the search env has {len(pool)}; ask for "
@@ -107,7 +105,15 @@ class SearchEnv:
 
     def pool_size(self, split: str) -> int:
         """How many questions a split holds."""
-        return len(self._splits.get(split, []))
+        return len(self._pool(split))
+
+    def _pool(self, split: str) -> list[Task]:
+        if split not in self._splits:
+            raise ConfigError(f"unknown split '{split}'; use 'train' or 'test'")
+        pool = self._splits[split]
+        if split == "train" and self.cfg.train_kinds is not None:
+            pool = [t for t in pool if t.metadata.get("kind") in self.cfg.train_kinds]
+        return pool
 
     def reset(self, task: Task) -> list[Message]:
         """System prompt with the tools and answer format, then the question."""
