@@ -55,8 +55,8 @@ def solve_leg_counting(question: str) -> str | None:
         lines.append(f"{n} {im['animal']}: {n} x {legs} = {n * legs} legs.")
         parts.append(n * legs)
     total = sum(parts)
-    if len(parts) > 1:
-        lines.append(f"Total: {' + '.join(map(str, parts))} = {total}.")
+    sums = f"{' + '.join(map(str, parts))} = {total}" if len(parts) > 1 else str(total)
+    lines.append(f"Total: {sums} legs.")
     lines.append(f"Answer: {total}")
     return "\n".join(lines)
 

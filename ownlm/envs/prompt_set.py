@@ -126,6 +126,14 @@ class PromptSetEnv:
         """The messages the app sent, as exported."""
         return [dict(m) for m in task.metadata["messages"]]
 
+    def score_batch(self, tasks: list[Task], completions: list[str]) -> list[Score]:
+        """Many completions at once: one call of a reward model or judge set as env.reward."""
+        if self.cfg.reward is None:
+            return [self.score(t, c) for t, c in zip(tasks, completions, strict=True)]
+        if self._reward is None:
+            self._reward = make_reward(self.cfg.reward)
+        return self._reward(tasks, completions)
+
     def score(self, task: Task, completion: str) -> Score:
         """Grade with env.reward when set, else with the row's verifier (module docstring)."""
         if self.cfg.reward is not None:

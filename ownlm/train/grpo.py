@@ -431,13 +431,27 @@ def score_group(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Rewards (P*n,), correct and well-formed flags, and how many completions failed to score.
 
-    A completion whose scoring raises counts as reward 0 (a failed rollout is data).
+    A completion whose scoring raises counts as reward 0 (a failed rollout is data). An env with
+    `score_batch` (a reward model or a judge as its reward) scores the whole batch in one call.
     """
-    rewards, correct, well_formed, errors = [], [], [], 0
-    for i, text in enumerate(comps.texts):
-        _, answer = split_thinking(text, thinking_open=cfg.enable_thinking)
+    answers = [split_thinking(t, thinking_open=cfg.enable_thinking)[1] for t in comps.texts]
+    row_tasks = [tasks[i // comps.n] for i in range(len(answers))]
+    score_batch = getattr(env, "score_batch", None)
+    if score_batch is not None:
         try:
-            s = env.score(tasks[i // comps.n], answer)
+            scores = score_batch(row_tasks, answers)
+            return (
+                torch.tensor([float(s.reward) for s in scores]),
+                torch.tensor([bool(s.correct) for s in scores]),
+                torch.tensor([bool(s.well_formed) for s in scores]),
+                0,
+            )
+        except (ValueError, KeyError, TypeError, ArithmeticError):
+            pass  # score one by one below, counting the ones that fail
+    rewards, correct, well_formed, errors = [], [], [], 0
+    for task, answer in zip(row_tasks, answers, strict=True):
+        try:
+            s = env.score(task, answer)
         except (ValueError, KeyError, TypeError, ArithmeticError):
             errors += 1
             rewards.append(0.0)

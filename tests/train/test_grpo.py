@@ -274,3 +274,42 @@ def test_one_step_on_smollm2(tmp_path: Path) -> None:
     m = read_metrics(tmp_path / "run")[0]
     assert m["rollout/completion_tokens_mean"] > 0 and 0 <= m["eval/accuracy"] <= 1
     assert (Path(summary.final_dir) / "model.safetensors").is_file()
+
+
+def test_score_group_scores_a_batch_in_one_call_when_the_env_can() -> None:
+    from ownlm.envs.base import Score, Task
+    from ownlm.rollout.types import Completions
+    from ownlm.train.grpo import GRPOConfig, score_group
+
+    class BatchEnv:
+        calls: list[int] = []
+
+        def score(self, task: Task, completion: str) -> Score:
+            raise AssertionError("score_batch should have been used")
+
+        def score_batch(self, tasks: list[Task], completions: list[str]) -> list[Score]:
+            self.calls.append(len(completions))
+            return [
+                Score(float(c == t.answer), c == t.answer, True)
+                for t, c in zip(tasks, completions, strict=True)
+            ]
+
+    tasks = [Task("a", "q", "1"), Task("b", "q", "2")]
+    comps = Completions(
+        [[1], [2]],
+        2,
+        torch.zeros(4, 1),
+        torch.zeros(4, 1),
+        torch.ones(4, 1, dtype=torch.bool),
+        ["1", "x", "2", "2"],
+        ["stop"] * 4,
+    )
+    env = BatchEnv()
+    rewards, correct, _, errors = score_group(env, tasks, comps, GRPOConfig())
+    assert env.calls == [4] and errors == 0
+    assert rewards.tolist() == [1.0, 0.0, 1.0, 1.0] and correct.tolist() == [
+        True,
+        False,
+        True,
+        True,
+    ]
