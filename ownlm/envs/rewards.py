@@ -318,7 +318,7 @@ class RewardModelScorer:
     """RewardFn of a trained reward model: prompt messages + completion -> normalized score."""
 
     def __init__(self, cfg: RewardModelReward) -> None:
-        from ownlm.train.reward_model import load_reward_model
+        from ownlm.models.reward import load_reward_model
 
         self.cfg = cfg
         self.model = load_reward_model(cfg.path, max_seq_len=cfg.max_seq_len)

@@ -4,13 +4,13 @@
     ownlm eval --set model=smollm2-135m --set enable_thinking=true --set thinking_budget_tokens=64
 
 Greedy by default. The interval is Wilson's (good at small n and near 0 or 1); `diff_ci` gives
-the interval of a gain between two evals, paired by problem when both saw the same problems.
+the interval of a gain between two evals, paired by problem when both saw the same problems
+(both live in `ownlm/stats.py`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from ownlm.models.load import load_model
 from ownlm.rollout.episodes import run_episodes
 from ownlm.rollout.sampler import sample_completions
 from ownlm.rollout.types import SamplingParams
+from ownlm.stats import diff_ci, wilson_interval
 
 
 class EvalConfig(Config):
@@ -69,53 +70,6 @@ class EvalReport(BaseModel):
     tool_use_rate: float | None = None
     turns_mean: float | None = None
     malformed_rate: float | None = None  # of tool calls
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (z=1.96: 95%)."""
-    if n <= 0:
-        raise ValueError(f"wilson_interval needs n > 0, got n={n}")
-    if not 0 <= k <= n:
-        raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def diff_ci(
-    acc_a: float,
-    n_a: int,
-    acc_b: float,
-    n_b: int,
-    *,
-    paired: tuple[list[bool], list[bool]] | None = None,
-    z: float = 1.96,
-) -> tuple[float, float, float]:
-    """(diff, low, high) of acc_b - acc_a, a normal-approximation interval (z=1.96: 95%).
-
-    Unpaired: two independent proportions. With `paired=(correct_a, correct_b)`, per-problem
-    outcomes on the same problems, the variance of the mean per-problem difference is used,
-    which is narrower when the two models agree on most problems.
-    """
-    if paired is not None:
-        a, b = paired
-        if len(a) != len(b) or not a:
-            raise ValueError(
-                f"paired outcomes must be non-empty and equal length: {len(a)}, {len(b)}"
-            )
-        d = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
-        n = len(d)
-        mean = sum(d) / n
-        var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
-        half = z * math.sqrt(var / n)
-        return mean, mean - half, mean + half
-    if n_a <= 0 or n_b <= 0:
-        raise ValueError(f"diff_ci needs n_a, n_b > 0, got {n_a}, {n_b}")
-    diff = acc_b - acc_a
-    half = z * math.sqrt(acc_a * (1 - acc_a) / n_a + acc_b * (1 - acc_b) / n_b)
-    return diff, diff - half, diff + half
 
 
 def paired_gain(rows_a: str | Path, rows_b: str | Path) -> tuple[float, float, float]:

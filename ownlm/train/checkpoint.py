@@ -142,3 +142,38 @@ def check_resume_compatible(ckpt: ResumeState, current: dict[str, Any], keys: li
                 f"cannot resume from {ckpt.path}: it was run with {key}={saved[key]!r} but the "
                 f"config now says {key}={current.get(key)!r}; use the same value or a new run_dir"
             )
+
+
+def start_run(run_dir: str | Path, *, seed: int, threads: int | None) -> Path:
+    """Create run_dir, set torch's CPU threads (None: keep its default) and seed everything."""
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    return path
+
+
+def find_resume(
+    run_dir: Path, enabled: bool, current: dict[str, Any], keys: list[str]
+) -> ResumeState | None:
+    """The checkpoint to resume from (None when disabled or there is none), checked against the
+    config on the result-changing keys."""
+    ckpt = latest_checkpoint(run_dir) if enabled else None
+    if ckpt is not None:
+        check_resume_compatible(ckpt, current, keys)
+    return ckpt
+
+
+class MetricsLog:
+    """`<run_dir>/metrics.jsonl` of a run: trimmed to the resumed step, then one record a step."""
+
+    def __init__(self, path: Path, resumed_step: int | None) -> None:
+        self.path = path
+        self.records = keep_metrics_until(path, resumed_step)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Keep record and append it to the file as one JSON line."""
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")

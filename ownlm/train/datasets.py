@@ -35,9 +35,10 @@ next to the answer), then each response is cut to fit.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -46,6 +47,7 @@ from ownlm.errors import DataError
 
 Message = dict[str, Any]  # role, content (str, or None beside tool_calls), name, tool_calls, ...
 ROLES = ("system", "user", "assistant", "tool")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -450,3 +452,29 @@ def batch_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
         epoch, pos = divmod(k, n)
         out.append(epoch_order(n, seed, epoch)[pos])
     return out
+
+
+def read_train_eval(
+    read: Callable[[str | Path], list[T]],
+    train_file: str,
+    eval_file: str | None,
+    *,
+    eval_fraction: float,
+    seed: int,
+    noun: str,
+) -> tuple[list[T], list[T]]:
+    """(train, eval) rows: eval_file's when given, else a seeded eval_fraction of train_file's.
+
+    `read` is `read_chats` or `read_pairs`; `noun` names the rows in the error ("rows", "pairs").
+    """
+    rows = read(train_file)
+    if eval_file is not None:
+        return rows, read(eval_file)
+    order = epoch_order(len(rows), seed, epoch=-1)
+    n_eval = max(1, round(len(rows) * eval_fraction))
+    if n_eval >= len(rows):
+        raise DataError(
+            f"{train_file}: {len(rows)} {noun} are too few to hold out "
+            f"{eval_fraction:.0%} for eval; add {noun} or pass eval_file"
+        )
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]

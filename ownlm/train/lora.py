@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ownlm.config import Config
+from ownlm.models.load import load_model
 
 
 class LoraSpec(Config):
@@ -39,3 +40,14 @@ def add_lora(model: Any, spec: LoraSpec, resume_from: str | Path | None = None) 
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def load_trainable_model(
+    name: str, spec: LoraSpec | None, resume_from: Path | None
+) -> tuple[Any, Any]:
+    """(model, tokenizer) to train: name's weights wrapped in LoRA adapters (spec), or all
+    weights (spec None); when resuming, the checkpoint's adapters or weights."""
+    if spec is None:
+        return load_model(str(resume_from) if resume_from is not None else name)
+    model, tokenizer = load_model(name)
+    return add_lora(model, spec, resume_from), tokenizer

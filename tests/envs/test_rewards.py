@@ -321,7 +321,7 @@ def rm_dir(tmp_path_factory: pytest.TempPathFactory, tiny: tuple[Any, Any]) -> P
     tokenizer and a seeded scalar head."""
     from safetensors.torch import save_file
 
-    from ownlm.train.reward_model import HEAD_FILE, new_head
+    from ownlm.models.reward import HEAD_FILE, new_head
 
     model, tokenizer = tiny
     out = tmp_path_factory.mktemp("rm")
@@ -335,7 +335,7 @@ def rm_dir(tmp_path_factory: pytest.TempPathFactory, tiny: tuple[Any, Any]) -> P
 
 
 def test_reward_model_source_scores_prompt_and_completion(rm_dir: Path) -> None:
-    from ownlm.train.reward_model import load_reward_model
+    from ownlm.models.reward import load_reward_model
 
     tasks = [
         Task(id="a", question="2 + 2?", answer="4"),
