@@ -13,90 +13,58 @@ held-out pairs whose chosen answer has the higher summed log-prob under the poli
 from __future__ import annotations
 
 import contextlib
-import json
 import time
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, model_validator
-from tqdm import tqdm
 
-from ownlm.config import Config, dump_config
-from ownlm.errors import ConfigError, DataError
+from ownlm.config import dump_config
+from ownlm.errors import DataError
 from ownlm.models.load import load_model
 from ownlm.train.checkpoint import (
-    check_resume_compatible,
-    keep_metrics_until,
-    latest_checkpoint,
+    MetricsLog,
+    find_resume,
     load_trainer_state,
     save_checkpoint,
-    seed_everything,
+    start_run,
 )
 from ownlm.train.datasets import (
     TokenizedPair,
     batch_indices,
     collate,
-    epoch_order,
     read_pairs,
+    read_train_eval,
     tokenize_pair,
 )
-from ownlm.train.lora import LoraSpec, add_lora
+from ownlm.train.lora import load_trainable_model
 from ownlm.train.losses import dpo_loss
-from ownlm.train.schedule import lr_factor
+from ownlm.train.recipe_config import (
+    FILE_RECIPE_RESUME_KEYS,
+    FileRecipeConfig,
+    check_max_seq_len,
+)
+from ownlm.train.schedule import adamw_with_schedule, is_due, optimizer_step, step_bar
 from ownlm.train.sequence_logprobs import sequence_logprobs
 
 # Config keys that change a run's numbers: a resumed run must agree with its checkpoint on them.
-RESUME_KEYS = [
-    "model", "train_file", "eval_file", "eval_fraction", "seed", "max_seq_len", "batch_size",
-    "micro_batch_size", "max_steps", "beta", "lr", "lr_schedule", "warmup_steps", "weight_decay",
-    "max_grad_norm", "lora",
-]  # fmt: skip
+RESUME_KEYS = [*FILE_RECIPE_RESUME_KEYS, "beta"]
 
 
-class DPOConfig(Config):
-    """Every knob of the DPO recipe."""
+class DPOConfig(FileRecipeConfig):
+    """Every knob of the DPO recipe (the shared ones are in FileRecipeConfig)."""
 
-    model: str = "smollm2-135m"
-    train_file: str
-    eval_file: str | None = None  # None: hold out eval_fraction of train_file
-    eval_fraction: float = 0.1
     run_dir: str = "runs/dpo"
-    seed: int = 0
     beta: float = 0.1
-    max_seq_len: int = 512
     batch_size: int = 8  # pairs per optimizer step
     micro_batch_size: int = 4  # pairs per forward/backward; batch_size / this = accumulation
     max_steps: int = 50
     lr: float = 5e-5
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora: LoraSpec | None = LoraSpec()  # None (`lora: null`): train all weights
-    eval_every_steps: int = 10
-    save_every_steps: int = 25
-    keep_last_checkpoints: int = 2
-    resume: bool = True  # continue from the newest step_N/ in run_dir if there is one
-    # torch CPU threads; None keeps torch's default. On a busy shared machine 1 can be 3x faster
-    # than 2, because threads of one op wait for each other at every barrier.
-    threads: int | None = None
-    progress: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> DPOConfig:
-        if self.batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
-                f"{self.micro_batch_size}"
-            )
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+    def _check_beta(self) -> DPOConfig:
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
-        for key in ("max_steps", "batch_size", "micro_batch_size", "eval_every_steps"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
         return self
 
 
@@ -151,45 +119,25 @@ def _eval_metrics(policy: torch.Tensor, ref: torch.Tensor, beta: float) -> dict[
 def train_dpo(cfg: DPOConfig) -> RunSummary:
     """Train cfg.model to prefer chosen over rejected answers; return held-out margins."""
     t_start = time.perf_counter()
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    run_dir = start_run(cfg.run_dir, seed=cfg.seed, threads=cfg.threads)
 
     # Data first: a malformed row should stop the run before the model loads.
-    pairs = read_pairs(cfg.train_file)
-    if cfg.eval_file is not None:
-        eval_pairs = read_pairs(cfg.eval_file)
-    else:
-        order = epoch_order(len(pairs), cfg.seed, epoch=-1)
-        n_eval = max(1, round(len(pairs) * cfg.eval_fraction))
-        if n_eval >= len(pairs):
-            raise DataError(
-                f"{cfg.train_file}: {len(pairs)} pairs are too few to hold out "
-                f"{cfg.eval_fraction:.0%} for eval; add pairs or pass eval_file"
-            )
-        eval_pairs = [pairs[i] for i in order[:n_eval]]
-        pairs = [pairs[i] for i in order[n_eval:]]
+    pairs, eval_pairs = read_train_eval(
+        read_pairs, cfg.train_file, cfg.eval_file,
+        eval_fraction=cfg.eval_fraction, seed=cfg.seed, noun="pairs",
+    )  # fmt: skip
 
     # Model and reference. LoRA: the reference is the base with adapters disabled. Full: a frozen
     # copy of the starting weights (loaded from cfg.model again when resuming).
-    resume = latest_checkpoint(run_dir) if cfg.resume else None
-    if resume is not None:
-        check_resume_compatible(resume, cfg.model_dump(mode="json"), RESUME_KEYS)
+    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), RESUME_KEYS)
     reference: Any = None
     if cfg.lora is None:
-        reference, tokenizer = load_model(cfg.model)
+        reference, _ = load_model(cfg.model)
         reference.requires_grad_(False)
-        model, _ = load_model(str(resume.path) if resume is not None else cfg.model)
-    else:
-        model, tokenizer = load_model(cfg.model)
-        model = add_lora(model, cfg.lora, resume.path if resume is not None else None)
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and cfg.max_seq_len > max_pos:
-        raise ConfigError(
-            f"max_seq_len {cfg.max_seq_len} exceeds the model's {max_pos} positions; lower it"
-        )
+    model, tokenizer = load_trainable_model(
+        cfg.model, cfg.lora, resume.path if resume is not None else None
+    )
+    check_max_seq_len(model, cfg.max_seq_len)
     model.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -213,41 +161,26 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
 
     # Optimizer and schedule; a resumed run restores them with the RNG states.
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(
-            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.lr_schedule
-        ),
-    )
+    optimizer, scheduler = adamw_with_schedule(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+        max_steps=cfg.max_steps, schedule=cfg.lr_schedule,
+    )  # fmt: skip
     start_step = 0
-    metrics_path = run_dir / "metrics.jsonl"
     if resume is not None:
         load_trainer_state(resume, optimizer, scheduler)
         start_step = resume.step
-    records = keep_metrics_until(metrics_path, start_step if resume is not None else None)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if resume is not None else None)
     dump_config(cfg, run_dir / "config.yaml")
-
-    def log(record: dict[str, Any]) -> None:
-        records.append(record)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
     def evaluate() -> dict[str, float]:
         policy = _eval_logprobs(model, eval_tok, pad_id, cfg.micro_batch_size)
         return _eval_metrics(policy, eval_ref, cfg.beta)
 
     if start_step == 0:
-        log({"step": 0, **evaluate()})
+        metrics.append({"step": 0, **evaluate()})
 
     # Loop: one optimizer step per batch_size pairs, accumulated over micro-batches.
-    bar = tqdm(
-        range(start_step, cfg.max_steps),
-        initial=start_step,
-        total=cfg.max_steps,
-        disable=not cfg.progress,
-        desc="dpo",
-    )
+    bar = step_bar(start_step, cfg.max_steps, enabled=cfg.progress, desc="dpo")
     for step in bar:
         t0 = time.perf_counter()
         batch = [
@@ -268,11 +201,7 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
             pair_margin = (policy[0] - ref[0]) - (policy[1] - ref[1])
             correct += int((pair_margin.detach() > 0).sum())
             n_tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in micro)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
         step_s = time.perf_counter() - t0
 
         done = step + 1
@@ -281,18 +210,18 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
             "train/loss": loss_sum,
             "train/reward_margin": margin_sum,
             "train/reward_accuracy": correct / cfg.batch_size,
-            "train/grad_norm": float(grad_norm),
+            "train/grad_norm": grad_norm,
             "train/lr": lr,
             "time/step_s": step_s,
             "time/tokens_per_s": n_tokens / step_s,
         }
-        if done % cfg.eval_every_steps == 0 or done == cfg.max_steps:
+        if is_due(done, cfg.eval_every_steps, cfg.max_steps):
             record.update(evaluate())
-        log(record)
+        metrics.append(record)
         bar.set_postfix(
             {k.split("/")[1]: f"{v:.4g}" for k, v in record.items() if "loss" in k or "margin" in k}
         )
-        if done % cfg.save_every_steps == 0 or done == cfg.max_steps:
+        if is_due(done, cfg.save_every_steps, cfg.max_steps):
             meta = {"recipe": "dpo", "data_position": done, "config": cfg.model_dump(mode="json")}
             save_checkpoint(
                 run_dir, done, model, tokenizer, optimizer, scheduler, meta,
@@ -305,8 +234,8 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
     final = save_checkpoint(
         run_dir, cfg.max_steps, model, tokenizer, None, None, meta, name="final"
     )
-    evals = [r for r in records if "eval/reward_margin" in r]
-    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    evals = [r for r in metrics.records if "eval/reward_margin" in r]
+    losses = [r["train/loss"] for r in metrics.records if "train/loss" in r]
 
     def first_last(key: str) -> tuple[float | None, float | None]:
         return (evals[0][key], evals[-1][key]) if evals else (None, None)

@@ -7,7 +7,6 @@ import asyncio
 import math
 import socket
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from ownlm.envs.rewards import (
     parse_grade,
 )
 from ownlm.errors import ConfigError
+from ownlm.gateway.loopback import serve_in_thread
 
 TASK = Task(id="t1", question="What is 3 + 4?", answer="7")
 
@@ -240,28 +240,11 @@ async def _chat(request: web.Request) -> web.Response:
 def mock_judge() -> Iterator[MockJudgeServer]:
     port = _free_port()
     mock = MockJudgeServer(f"http://127.0.0.1:{port}/v1")
-    loop = asyncio.new_event_loop()
     app = web.Application()
     app[MOCK] = mock
     app.router.add_post("/v1/chat/completions", _chat)
-    runner = web.AppRunner(app, access_log=None)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    started.wait(10)
-    yield mock
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_in_thread(app, port):
+        yield mock
 
 
 def test_judge_grades_parse_and_failures_are_counted(

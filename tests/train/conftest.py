@@ -1,14 +1,22 @@
-"""Fixtures of the SFT/DPO/dataset tests: a byte-level ChatML tokenizer and a tiny seeded Llama."""
+"""Fixtures of the SFT/DPO/reward-model/dataset tests: a byte-level ChatML tokenizer, a tiny seeded
+Llama, metrics readers and the checks every recipe passes (resume after a crash, outputs load)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -65,3 +73,86 @@ def tiny_dir(
     LlamaForCausalLM(cfg).save_pretrained(out / "model")
     byte_tokenizer.save_pretrained(out / "model")
     return out
+
+
+class Crash(Exception):
+    """Stands in for a kill: raised where the process would die."""
+
+
+@pytest.fixture
+def run_records() -> Callable[[Path], list[dict[str, Any]]]:
+    """read(run_dir): the records of the run's metrics.jsonl, in order."""
+
+    def read(run_dir: Path) -> list[dict[str, Any]]:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    return read
+
+
+@pytest.fixture
+def run_values(
+    run_records: Callable[[Path], list[dict[str, Any]]],
+) -> Callable[[Path, str], list[float]]:
+    """values(run_dir, key): the value of key in each metrics record that has it."""
+
+    def values(run_dir: Path, key: str) -> list[float]:
+        return [r[key] for r in run_records(run_dir) if key in r]
+
+    return values
+
+
+@pytest.fixture
+def check_resume_matches(
+    monkeypatch: pytest.MonkeyPatch,
+    run_records: Callable[[Path], list[dict[str, Any]]],
+    run_values: Callable[[Path, str], list[float]],
+) -> Callable[..., Any]:
+    """check(recipe_module, train, crashed_cfg, straight_cfg, keys) for a 4-step run that saves
+    every step: it dies after logging step 3 but before checkpointing it, resumes from step 2,
+    and must log the same `keys` as an uninterrupted run. Returns the resumed run's summary."""
+
+    def check(module: Any, train: Any, crashed_cfg: Any, straight_cfg: Any, keys: list[str]) -> Any:
+        real_save = module.save_checkpoint
+
+        def save_then_die_at_step_3(run_dir: Path, step: int, *args: Any, **kw: Any) -> Path:
+            if step == 3:  # step 3 is logged but its checkpoint never written
+                raise Crash
+            return real_save(run_dir, step, *args, **kw)
+
+        monkeypatch.setattr(module, "save_checkpoint", save_then_die_at_step_3)
+        with pytest.raises(Crash):
+            train(crashed_cfg)
+        crashed, straight = Path(crashed_cfg.run_dir), Path(straight_cfg.run_dir)
+        assert max(r["step"] for r in run_records(crashed)) == 3
+        monkeypatch.setattr(module, "save_checkpoint", real_save)
+        resumed = train(crashed_cfg)
+        train(straight_cfg)
+
+        assert resumed.resumed_from_step == 2
+        for key in keys:
+            assert run_values(crashed, key) == pytest.approx(run_values(straight, key), abs=1e-6), (
+                key
+            )
+        assert [r["step"] for r in run_records(crashed)] == [0, 1, 2, 3, 4]
+        return resumed
+
+    return check
+
+
+@pytest.fixture
+def check_outputs_load() -> Callable[[Path, Path, Path], None]:
+    """check(base_model_dir, full_final_dir, lora_final_dir): the full run's final/ loads with
+    transformers and differs from the base; the LoRA run's loads with peft, adapters trained."""
+
+    def check(base_dir: Path, full_dir: Path, lora_dir: Path) -> None:
+        from peft import PeftModel
+
+        full = AutoModelForCausalLM.from_pretrained(full_dir)
+        base = AutoModelForCausalLM.from_pretrained(base_dir)
+        assert not torch.equal(full.model.norm.weight, base.model.norm.weight)
+        adapted = PeftModel.from_pretrained(base, lora_dir)
+        lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
+        assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+
+    return check

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-)
 
 from ownlm.config import load_config
 from ownlm.errors import ConfigError, DataError
@@ -62,84 +59,56 @@ def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> DPOConfig:
     return DPOConfig(**{**base, **over})
 
 
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _values(run_dir: Path, key: str) -> list[float]:
-    return [r[key] for r in _metrics(run_dir) if key in r]
-
-
 @pytest.mark.parametrize("finetune", ["lora", "full"])
-def test_margin_starts_at_zero_and_rises(tiny_dir: Path, tmp_path: Path, finetune: str) -> None:
+def test_margin_starts_at_zero_and_rises(
+    tiny_dir: Path, tmp_path: Path, finetune: str, run_records: Any, run_values: Any
+) -> None:
     summary = train_dpo(_config(tiny_dir, tmp_path / "run", max_steps=4, **_finetune(finetune)))
-    first = _metrics(tmp_path / "run")[0]
+    first = run_records(tmp_path / "run")[0]
     # policy == reference before training: every implicit reward is exactly 0
     assert first["step"] == 0
     assert first["eval/reward_margin"] == 0.0 and first["eval/reward_accuracy"] == 0.0
-    assert _values(tmp_path / "run", "train/loss")[0] == pytest.approx(0.693147, abs=1e-6)
+    assert run_values(tmp_path / "run", "train/loss")[0] == pytest.approx(0.693147, abs=1e-6)
     assert summary.eval_reward_margin_after is not None
     assert summary.eval_reward_margin_after > 0.1
     assert summary.eval_reward_accuracy_after == 1.0
 
 
-def test_three_steps_match_reference_losses(tiny_dir: Path, tmp_path: Path) -> None:
+def test_three_steps_match_reference_losses(
+    tiny_dir: Path, tmp_path: Path, run_values: Any
+) -> None:
     train_dpo(_config(tiny_dir, tmp_path / "run"))
-    assert _values(tmp_path / "run", "train/loss") == pytest.approx(REFERENCE_LOSSES, abs=1e-4)
+    assert run_values(tmp_path / "run", "train/loss") == pytest.approx(REFERENCE_LOSSES, abs=1e-4)
 
 
-def test_accumulation_2x2_equals_1x4(tiny_dir: Path, tmp_path: Path) -> None:
+def test_accumulation_2x2_equals_1x4(tiny_dir: Path, tmp_path: Path, run_values: Any) -> None:
     train_dpo(_config(tiny_dir, tmp_path / "a", micro_batch_size=2))
     train_dpo(_config(tiny_dir, tmp_path / "b", micro_batch_size=4))
     for key in ("train/loss", "train/reward_margin", "eval/reward_margin"):
-        got, want = _values(tmp_path / "a", key), _values(tmp_path / "b", key)
+        got, want = run_values(tmp_path / "a", key), run_values(tmp_path / "b", key)
         assert got == pytest.approx(want, abs=1e-5), key
-
-
-class Crash(Exception):
-    """Stands in for a kill: raised where the process would die."""
 
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_resume_after_crash_equals_uninterrupted(
-    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finetune: str
+    tiny_dir: Path, tmp_path: Path, finetune: str, check_resume_matches: Any
 ) -> None:
     lora = {"r": 4, "alpha": 8, "dropout": 0.1} if finetune == "lora" else None
     over: dict[str, Any] = {"max_steps": 4, "lora": lora}
-    cfg = _config(tiny_dir, tmp_path / "crashed", **over)
-    real_save = dpo.save_checkpoint
-
-    def save_then_die_at_step_3(run_dir: Path, step: int, *args: Any, **kw: Any) -> Path:
-        if step == 3:  # step 3 is logged but its checkpoint never written
-            raise Crash
-        return real_save(run_dir, step, *args, **kw)
-
-    monkeypatch.setattr(dpo, "save_checkpoint", save_then_die_at_step_3)
-    with pytest.raises(Crash):
-        train_dpo(cfg)
-    monkeypatch.setattr(dpo, "save_checkpoint", real_save)
-    resumed = train_dpo(cfg)
-    train_dpo(_config(tiny_dir, tmp_path / "straight", **over))
-
-    assert resumed.resumed_from_step == 2
-    for key in ("train/loss", "train/grad_norm", "eval/reward_margin"):
-        got, want = _values(tmp_path / "crashed", key), _values(tmp_path / "straight", key)
-        assert got == pytest.approx(want, abs=1e-6), key
-    assert [r["step"] for r in _metrics(tmp_path / "crashed")] == [0, 1, 2, 3, 4]
+    check_resume_matches(
+        dpo, train_dpo,
+        _config(tiny_dir, tmp_path / "crashed", **over),
+        _config(tiny_dir, tmp_path / "straight", **over),
+        ["train/loss", "train/grad_norm", "eval/reward_margin"],
+    )  # fmt: skip
 
 
-def test_outputs_load_with_transformers_and_peft(tiny_dir: Path, tmp_path: Path) -> None:
-    from peft import PeftModel
-
+def test_outputs_load_with_transformers_and_peft(
+    tiny_dir: Path, tmp_path: Path, check_outputs_load: Callable[[Path, Path, Path], None]
+) -> None:
     train_dpo(_config(tiny_dir, tmp_path / "full", lora=None, max_steps=1))
-    full = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "final")
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir / "model")
-    assert not torch.equal(full.model.norm.weight, base.model.norm.weight)
-
     train_dpo(_config(tiny_dir, tmp_path / "lora", max_steps=1))
-    adapted = PeftModel.from_pretrained(base, tmp_path / "lora" / "final")
-    lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
-    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+    check_outputs_load(tiny_dir / "model", tmp_path / "full" / "final", tmp_path / "lora" / "final")
 
 
 def test_bad_inputs(tiny_dir: Path, tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import torch
 
 from ownlm.config import load_config
 from ownlm.errors import ConfigError, DataError, ModelLoadError
-from ownlm.models.reward import load_reward_model
+from ownlm.models.reward import encode_conversation, load_reward_model
 from ownlm.train import reward_model
-from ownlm.train.datasets import epoch_order
+from ownlm.train.datasets import PreferencePair, epoch_order, tokenize_pair
 from ownlm.train.reward_model import RewardModelConfig, bradley_terry_loss, train_reward_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,14 +68,6 @@ def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> RewardModelConfig:
     return RewardModelConfig(**{**base, **over})
 
 
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _values(run_dir: Path, key: str) -> list[float]:
-    return [r[key] for r in _metrics(run_dir) if key in r]
-
-
 def test_bradley_terry_loss_by_hand() -> None:
     # pair 1: equal rewards -> log 2 = 0.693147; pair 2: margin 1 -> log(1 + e^-1) = 0.313262
     loss = bradley_terry_loss(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]))
@@ -108,51 +100,33 @@ def test_learns_polite_over_rude_and_not_shuffled_labels(
     assert control.eval_accuracy_after is not None and control.eval_accuracy_after <= 12 / 16
 
 
-def test_accumulation_2x4_equals_1x8(tiny_dir: Path, tmp_path: Path) -> None:
+def test_accumulation_2x4_equals_1x8(tiny_dir: Path, tmp_path: Path, run_values: Any) -> None:
     train_reward_model(_config(tiny_dir, tmp_path / "a", micro_batch_size=4))
     train_reward_model(_config(tiny_dir, tmp_path / "b", micro_batch_size=8))
     for key in ("train/loss", "eval/loss", "eval/margin"):
-        got, want = _values(tmp_path / "a", key), _values(tmp_path / "b", key)
+        got, want = run_values(tmp_path / "a", key), run_values(tmp_path / "b", key)
         assert got == pytest.approx(want, abs=1e-5), key
-
-
-class Crash(Exception):
-    """Stands in for a kill: raised where the process would die."""
 
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_resume_after_crash_equals_uninterrupted(
-    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finetune: str
+    tiny_dir: Path, tmp_path: Path, finetune: str, check_resume_matches: Any
 ) -> None:
     lora = {"r": 4, "alpha": 8, "dropout": 0.1} if finetune == "lora" else None
     over: dict[str, Any] = {"max_steps": 4, "lora": lora}
-    cfg = _config(tiny_dir, tmp_path / "crashed", **over)
-    real_save = reward_model.save_checkpoint
-
-    def save_then_die_at_step_3(run_dir: Path, step: int, *args: Any, **kw: Any) -> Path:
-        if step == 3:  # step 3 is logged but its checkpoint never written
-            raise Crash
-        return real_save(run_dir, step, *args, **kw)
-
-    monkeypatch.setattr(reward_model, "save_checkpoint", save_then_die_at_step_3)
-    with pytest.raises(Crash):
-        train_reward_model(cfg)
-    monkeypatch.setattr(reward_model, "save_checkpoint", real_save)
-    resumed = train_reward_model(cfg)
-    train_reward_model(_config(tiny_dir, tmp_path / "straight", **over))
-
-    assert resumed.resumed_from_step == 2
-    for key in ("train/loss", "train/grad_norm", "eval/loss", "eval/margin"):
-        got, want = _values(tmp_path / "crashed", key), _values(tmp_path / "straight", key)
-        assert got == pytest.approx(want, abs=1e-6), key
-    assert [r["step"] for r in _metrics(tmp_path / "crashed")] == [0, 1, 2, 3, 4]
+    check_resume_matches(
+        reward_model, train_reward_model,
+        _config(tiny_dir, tmp_path / "crashed", **over),
+        _config(tiny_dir, tmp_path / "straight", **over),
+        ["train/loss", "train/grad_norm", "eval/loss", "eval/margin"],
+    )  # fmt: skip
     with pytest.raises(ConfigError, match="it was run with lr=0.01 but the config now says"):
         train_reward_model(_config(tiny_dir, tmp_path / "crashed", **{**over, "lr": 0.5}))
 
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_saved_model_loads_and_scores_like_training(
-    tiny_dir: Path, tmp_path: Path, finetune: str
+    tiny_dir: Path, tmp_path: Path, finetune: str, run_values: Any
 ) -> None:
     over: dict[str, Any] = {"max_steps": 2, "eval_fraction": 0.5}
     if finetune == "full":
@@ -171,7 +145,29 @@ def test_saved_model_loads_and_scores_like_training(
     r_chosen = rm.score_texts([_conv(r["prompt"], r["chosen"]) for r in held_out])
     r_rejected = rm.score_texts([_conv(r["prompt"], r["rejected"]) for r in held_out])
     margin = sum(c - r for c, r in zip(r_chosen, r_rejected, strict=True)) / len(held_out)
-    assert margin == pytest.approx(_values(tmp_path / "run", "eval/margin")[-1], abs=1e-4)
+    assert margin == pytest.approx(run_values(tmp_path / "run", "eval/margin")[-1], abs=1e-4)
+
+
+# Byte tokens: system turn 1 + 7 + 9 + 2 = 19, user 1 + 5 + 6 + 2 = 14, generation prompt 11
+# (prompt 44), answer 23 + 2 (69 in all). The prompt keeps its last max_seq_len // 2 tokens.
+@pytest.mark.parametrize(("max_seq_len", "cut"), [(512, 0), (40, 44 - 20), (24, 44 - 12)])
+def test_inference_ids_equal_training_ids(byte_tokenizer: Any, max_seq_len: int, cut: int) -> None:
+    # The scorer (models/reward.py) must see what training saw (train/datasets.tokenize_pair).
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "3 + 4?"}]
+    answer = [{"role": "assistant", "content": "Sure, happy to help: 7."}]
+    pair = PreferencePair(prompt, answer, [{"role": "assistant", "content": "7"}])
+    full = tokenize_pair(byte_tokenizer, pair, 512).chosen.input_ids
+    assert len(full) == 69
+    got = encode_conversation(byte_tokenizer, prompt + answer, max_seq_len)
+    assert got == full[cut : cut + max_seq_len]
+    assert got == tokenize_pair(byte_tokenizer, pair, max_seq_len).chosen.input_ids
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    with pytest.raises(DataError, match="carries OpenAI tool-call fields"):
+        encode_conversation(
+            byte_tokenizer,
+            [*prompt, {"role": "assistant", "content": None, "tool_calls": [call]}],
+            64,
+        )
 
 
 def _conv(prompt: str, answer: str) -> list[dict[str, str]]:
@@ -197,7 +193,7 @@ def test_bad_inputs(tiny_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_reward_model_ranks_held_out_pairs_on_smollm2(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_values: Any
 ) -> None:
     monkeypatch.chdir(Path(__file__).parents[2])  # the example's data paths are repo-relative
     cfg = load_config(
@@ -207,7 +203,7 @@ def test_reward_model_ranks_held_out_pairs_on_smollm2(
     # measured (docs/rewards.md): 80 held-out pairs, eval loss 0.565 -> 0.366, accuracy 0.71
     # (Wilson 95% CI 0.61-0.80); 39/39 of the rambling rejections, 18/41 of the wrong results.
     assert summary.eval_accuracy_ci_low is not None and summary.eval_accuracy_ci_low > 0.5
-    losses = _values(tmp_path / "run", "eval/loss")
+    losses = run_values(tmp_path / "run", "eval/loss")
     assert losses[-1] < losses[0] - 0.1
     rm = load_reward_model(summary.final_dir, max_seq_len=cfg.max_seq_len)
     rows = [json.loads(line) for line in Path(cfg.eval_file or "").read_text().splitlines()]

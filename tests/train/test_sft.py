@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-)
+from transformers import AutoModelForCausalLM
 
 from ownlm.config import load_config
 from ownlm.errors import ConfigError
@@ -62,67 +61,43 @@ def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> SFTConfig:
     return SFTConfig(**{**base, **over})
 
 
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _losses(run_dir: Path, key: str = "train/loss") -> list[float]:
-    return [r[key] for r in _metrics(run_dir) if key in r]
-
-
-def test_three_steps_match_reference_losses(tiny_dir: Path, tmp_path: Path) -> None:
+def test_three_steps_match_reference_losses(
+    tiny_dir: Path, tmp_path: Path, run_records: Any, run_values: Any
+) -> None:
     summary = train_sft(_config(tiny_dir, tmp_path / "run"))
-    assert _losses(tmp_path / "run") == pytest.approx(REFERENCE_LOSSES, abs=1e-4)
+    assert run_values(tmp_path / "run", "train/loss") == pytest.approx(REFERENCE_LOSSES, abs=1e-4)
     assert summary.train_examples == 18 and summary.eval_examples == 6
     # eval at step 0, at step 2 (every 2) and at the last step
-    assert [r["step"] for r in _metrics(tmp_path / "run") if "eval/loss" in r] == [0, 2, 3]
+    assert [r["step"] for r in run_records(tmp_path / "run") if "eval/loss" in r] == [0, 2, 3]
     assert summary.eval_loss_after is not None and summary.eval_loss_before is not None
     assert summary.eval_loss_after < summary.eval_loss_before
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
-def test_accumulation_2x2_equals_1x4(tiny_dir: Path, tmp_path: Path) -> None:
+def test_accumulation_2x2_equals_1x4(tiny_dir: Path, tmp_path: Path, run_values: Any) -> None:
     train_sft(_config(tiny_dir, tmp_path / "a", micro_batch_size=2, lora=None))
     train_sft(_config(tiny_dir, tmp_path / "b", micro_batch_size=4, lora=None))
-    assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), abs=1e-5)
+    got, want = run_values(tmp_path / "a", "train/loss"), run_values(tmp_path / "b", "train/loss")
+    assert got == pytest.approx(want, abs=1e-5)
     wa = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "final").state_dict()
     wb = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "final").state_dict()
     for name, tensor in wa.items():
         torch.testing.assert_close(tensor, wb[name], atol=1e-5, rtol=1e-4)
 
 
-class Crash(Exception):
-    """Stands in for a kill: raised where the process would die."""
-
-
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_resume_after_crash_equals_uninterrupted(
-    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finetune: str
+    tiny_dir: Path, tmp_path: Path, finetune: str, check_resume_matches: Any
 ) -> None:
     # LoRA dropout draws from the torch RNG each step, so the RNG state must resume too.
     lora = {"r": 4, "alpha": 8, "dropout": 0.1} if finetune == "lora" else None
     over: dict[str, Any] = {"max_steps": 4, "lora": lora}
-    cfg = _config(tiny_dir, tmp_path / "crashed", **over)
-    real_save = sft.save_checkpoint
-
-    def save_then_die_at_step_3(run_dir: Path, step: int, *args: Any, **kw: Any) -> Path:
-        if step == 3:  # step 3 is logged but its checkpoint never written
-            raise Crash
-        return real_save(run_dir, step, *args, **kw)
-
-    monkeypatch.setattr(sft, "save_checkpoint", save_then_die_at_step_3)
-    with pytest.raises(Crash):
-        train_sft(cfg)
-    assert max(r["step"] for r in _metrics(tmp_path / "crashed")) == 3
-    monkeypatch.setattr(sft, "save_checkpoint", real_save)
-    resumed = train_sft(cfg)
-    train_sft(_config(tiny_dir, tmp_path / "straight", **over))
-
-    assert resumed.resumed_from_step == 2
-    for key in ("train/loss", "train/grad_norm", "eval/loss"):
-        got, want = _losses(tmp_path / "crashed", key), _losses(tmp_path / "straight", key)
-        assert got == pytest.approx(want, abs=1e-6), key
-    assert [r["step"] for r in _metrics(tmp_path / "crashed")] == [0, 1, 2, 3, 4]
+    check_resume_matches(
+        sft, train_sft,
+        _config(tiny_dir, tmp_path / "crashed", **over),
+        _config(tiny_dir, tmp_path / "straight", **over),
+        ["train/loss", "train/grad_norm", "eval/loss"],
+    )  # fmt: skip
 
 
 def test_resume_with_a_different_seed_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
@@ -131,18 +106,12 @@ def test_resume_with_a_different_seed_is_refused(tiny_dir: Path, tmp_path: Path)
         train_sft(_config(tiny_dir, tmp_path / "run", max_steps=1, seed=1))
 
 
-def test_outputs_load_with_transformers_and_peft(tiny_dir: Path, tmp_path: Path) -> None:
-    from peft import PeftModel
-
+def test_outputs_load_with_transformers_and_peft(
+    tiny_dir: Path, tmp_path: Path, check_outputs_load: Callable[[Path, Path, Path], None]
+) -> None:
     train_sft(_config(tiny_dir, tmp_path / "full", lora=None, max_steps=1))
-    full = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "final")
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir / "model")
-    assert not torch.equal(full.model.norm.weight, base.model.norm.weight)
-
     train_sft(_config(tiny_dir, tmp_path / "lora", max_steps=1))
-    adapted = PeftModel.from_pretrained(base, tmp_path / "lora" / "final")
-    lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
-    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+    check_outputs_load(tiny_dir / "model", tmp_path / "full" / "final", tmp_path / "lora" / "final")
 
 
 def test_config_errors(tiny_dir: Path, tmp_path: Path) -> None:
