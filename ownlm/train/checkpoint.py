@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,13 +156,13 @@ def start_run(run_dir: str | Path, *, seed: int, threads: int | None) -> Path:
 
 
 def find_resume(
-    run_dir: Path, enabled: bool, current: dict[str, Any], keys: list[str]
+    run_dir: Path, enabled: bool, current: dict[str, Any], keys: Sequence[str]
 ) -> ResumeState | None:
     """The checkpoint to resume from (None when disabled or there is none), checked against the
     config on the result-changing keys."""
     ckpt = latest_checkpoint(run_dir) if enabled else None
     if ckpt is not None:
-        check_resume_compatible(ckpt, current, keys)
+        check_resume_compatible(ckpt, current, list(keys))
     return ckpt
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, model_validator
@@ -39,20 +39,15 @@ from ownlm.train.datasets import (
 )
 from ownlm.train.lora import load_trainable_model
 from ownlm.train.losses import dpo_loss
-from ownlm.train.recipe_config import (
-    FILE_RECIPE_RESUME_KEYS,
-    FileRecipeConfig,
-    check_max_seq_len,
-)
+from ownlm.train.recipe_config import FileRecipeConfig, check_max_seq_len
 from ownlm.train.schedule import adamw_with_schedule, is_due, optimizer_step, step_bar
 from ownlm.train.sequence_logprobs import sequence_logprobs
-
-# Config keys that change a run's numbers: a resumed run must agree with its checkpoint on them.
-RESUME_KEYS = [*FILE_RECIPE_RESUME_KEYS, "beta"]
 
 
 class DPOConfig(FileRecipeConfig):
     """Every knob of the DPO recipe (the shared ones are in FileRecipeConfig)."""
+
+    resume_keys: ClassVar[tuple[str, ...]] = (*FileRecipeConfig.resume_keys, "beta")
 
     run_dir: str = "runs/dpo"
     beta: float = 0.1
@@ -129,7 +124,7 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
 
     # Model and reference. LoRA: the reference is the base with adapters disabled. Full: a frozen
     # copy of the starting weights (loaded from cfg.model again when resuming).
-    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), RESUME_KEYS)
+    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), cfg.resume_keys)
     reference: Any = None
     if cfg.lora is None:
         reference, _ = load_model(cfg.model)

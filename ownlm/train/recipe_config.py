@@ -9,7 +9,7 @@ stay separate functions; nothing here runs a step.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import model_validator
 
@@ -17,16 +17,16 @@ from ownlm.config import Config
 from ownlm.errors import ConfigError
 from ownlm.train.lora import LoraSpec
 
-# Config keys that change a run's numbers: a resumed run must agree with its checkpoint on them.
-FILE_RECIPE_RESUME_KEYS = [
-    "model", "train_file", "eval_file", "eval_fraction", "seed", "max_seq_len", "batch_size",
-    "micro_batch_size", "max_steps", "lr", "lr_schedule", "warmup_steps", "weight_decay",
-    "max_grad_norm", "lora",
-]  # fmt: skip
-
 
 class FileRecipeConfig(Config):
     """Knobs of a recipe that trains on examples (chats or pairs) read from train_file."""
+
+    # Keys that change a run's numbers: a resumed run must agree with its checkpoint on them.
+    resume_keys: ClassVar[tuple[str, ...]] = (
+        "model", "train_file", "eval_file", "eval_fraction", "seed", "max_seq_len", "batch_size",
+        "micro_batch_size", "max_steps", "lr", "lr_schedule", "warmup_steps", "weight_decay",
+        "max_grad_norm", "lora",
+    )  # fmt: skip
 
     model: str = "smollm2-135m"
     train_file: str

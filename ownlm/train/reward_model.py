@@ -54,11 +54,7 @@ from ownlm.train.datasets import (
     tokenize_pair,
 )
 from ownlm.train.lora import load_trainable_model
-from ownlm.train.recipe_config import (
-    FILE_RECIPE_RESUME_KEYS,
-    FileRecipeConfig,
-    check_max_seq_len,
-)
+from ownlm.train.recipe_config import FileRecipeConfig, check_max_seq_len
 from ownlm.train.schedule import adamw_with_schedule, is_due, optimizer_step, step_bar
 
 __all__ = ["RewardModelConfig", "RunSummary", "load_reward_model", "train_reward_model"]
@@ -130,7 +126,7 @@ def train_reward_model(cfg: RewardModelConfig) -> RunSummary:
     )  # fmt: skip
 
     # Model (LoRA or full) and head; a resumed run loads both from its newest checkpoint.
-    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), FILE_RECIPE_RESUME_KEYS)
+    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), cfg.resume_keys)
     model, tokenizer = load_trainable_model(
         cfg.model, cfg.lora, resume.path if resume is not None else None
     )

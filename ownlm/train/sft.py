@@ -35,11 +35,7 @@ from ownlm.train.datasets import (
     truncate_chat,
 )
 from ownlm.train.lora import load_trainable_model
-from ownlm.train.recipe_config import (
-    FILE_RECIPE_RESUME_KEYS,
-    FileRecipeConfig,
-    check_max_seq_len,
-)
+from ownlm.train.recipe_config import FileRecipeConfig, check_max_seq_len
 from ownlm.train.schedule import adamw_with_schedule, is_due, optimizer_step, step_bar
 from ownlm.train.sequence_logprobs import counted_token_logprobs
 
@@ -107,7 +103,7 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
     )  # fmt: skip
 
     # Model: the base, wrapped in LoRA adapters or trained whole; a resumed run loads its weights.
-    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), FILE_RECIPE_RESUME_KEYS)
+    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), cfg.resume_keys)
     model, tokenizer = load_trainable_model(
         cfg.model, cfg.lora, resume.path if resume is not None else None
     )

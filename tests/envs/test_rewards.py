@@ -203,8 +203,8 @@ def _free_port() -> int:
 class MockJudgeServer:
     """What the mock received."""
 
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
+    def __init__(self) -> None:
+        self.base_url = ""  # set once the server runs
         self.bodies: list[dict[str, Any]] = []
 
 
@@ -238,12 +238,11 @@ async def _chat(request: web.Request) -> web.Response:
 
 @pytest.fixture(scope="module")
 def mock_judge() -> Iterator[MockJudgeServer]:
-    port = _free_port()
-    mock = MockJudgeServer(f"http://127.0.0.1:{port}/v1")
     app = web.Application()
-    app[MOCK] = mock
+    app[MOCK] = mock = MockJudgeServer()
     app.router.add_post("/v1/chat/completions", _chat)
-    with serve_in_thread(app, port):
+    with serve_in_thread(app, _free_port()) as base_url:
+        mock.base_url = base_url
         yield mock
 
 
