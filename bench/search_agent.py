@@ -59,6 +59,12 @@ def write_demonstrations(env: SearchEnv, n: int, seed: int, path: Path) -> None:
 STAGES = ["eval_base", "sft", "eval_sft", "grpo", "eval_grpo"]
 
 
+def train_seconds(run_dir: Path) -> float:
+    """Wall time of the logged steps of a run (time/step_s summed)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return sum(json.loads(line).get("time/step_s", 0.0) for line in lines if line)
+
+
 def correct_by_kind(rows_path: Path) -> dict[str, float]:
     """Share correct per question kind (the last part of a synthetic task id)."""
     rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line]
@@ -171,6 +177,14 @@ def main() -> None:
     kinds = {name: correct_by_kind(out / f"eval_{name}.jsonl") for name in ("base", "sft", "grpo")}
     for kind in kinds["base"]:
         print(f"  {kind:14} " + " / ".join(f"{kinds[n][kind]:.2f}" for n in kinds))
+    # measured when each stage ran (a rerun reuses finished stages): evals' time_s, steps' sum
+    times = {
+        "eval_base": base.time_s,
+        "sft": train_seconds(sft_dir),
+        "eval_sft": sft.time_s,
+        "grpo": train_seconds(out / "grpo"),
+        "eval_grpo": grpo.time_s,
+    }
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     (out / "summary.json").write_text(
         json.dumps(
