@@ -79,9 +79,9 @@ def main() -> None:
     parser.add_argument("--config", default="examples/search_agent.yaml")
     parser.add_argument("--out", default="runs/search_agent")
     parser.add_argument("--n-test", type=int, default=200)
-    parser.add_argument("--sft-steps", type=int, default=24)
+    parser.add_argument("--sft-steps", type=int, default=12)
     parser.add_argument("--sft-batch", type=int, default=8)
-    parser.add_argument("--sft-lr", type=float, default=1e-4)
+    parser.add_argument("--sft-lr", type=float, default=2e-4)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--only",
