@@ -3,7 +3,10 @@
     upstreams:
       own: {kind: local, model_path: smollm2-135m}     # or a run dir written by `ownlm train`
 
-One generation at a time, in a worker thread, so the event loop keeps serving other upstreams.
+Requests that arrive while a generation runs wait, and then go together: concurrent requests with
+the same sampling settings (temperature, top-p, max tokens, stop, n; no seed) are sampled as one
+batch in a worker thread, so the event loop keeps serving other upstreams and a CPU decode step
+(bound by reading the weights) serves several requests at once.
 The sampler has no per-token callback, so a streamed reply is sent as SSE once the whole answer
 exists (same wire format; time to first token = whole latency). Tools and embeddings are not
 supported and answer 400 in the OpenAI error shape.
@@ -57,7 +60,9 @@ class LocalModelUpstream:
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
-        self._lock = asyncio.Lock()
+        self.max_batch = 16
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._worker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.model is None:
@@ -79,51 +84,99 @@ class LocalModelUpstream:
                 "to another model",
                 "tools",
             )
-        async with self._lock:
-            completion = await asyncio.to_thread(self._complete, body)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((body, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        completion = await future
         if not stream:
             return UpstreamResponse(200, orjson.dumps(completion))
         return _ReplayStream(_as_sse(completion, body))
 
-    def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _drain(self) -> None:
+        """Run waiting requests, a batch of same-settings requests at a time, until none wait."""
+        while self._pending:
+            key = _batch_key(self._pending[0][0])
+            batch = [p for p in self._pending if _batch_key(p[0]) == key][: self.max_batch]
+            if key[-1] is not None:  # a seeded request runs alone: its sample must not depend
+                batch = batch[:1]  # on what else was in the batch
+            for item in batch:
+                self._pending.remove(item)
+            try:
+                results = await asyncio.to_thread(self._complete, [b for b, _ in batch])
+            except Exception as err:  # reported to each waiting request, never lost
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            for (_, fut), completion in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(completion)
+
+    def _complete(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from ownlm.models.chat import encode_prompt
         from ownlm.rollout.sampler import sample_completions
         from ownlm.rollout.types import SamplingParams
 
+        body = bodies[0]  # all share the sampling settings (_batch_key)
         stop = body.get("stop")
         params = SamplingParams(
-            max_new_tokens=body.get("max_completion_tokens")
-            or body.get("max_tokens")
-            or DEFAULT_MAX_NEW_TOKENS,
+            max_new_tokens=_max_tokens(body),
             temperature=float(body.get("temperature", 1.0)),
             top_p=float(body.get("top_p", 1.0)),
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
             seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
         )
         n = int(body.get("n") or 1)
-        ids = encode_prompt(self.tokenizer, body["messages"])
-        out = sample_completions(self.model, self.tokenizer, [ids], n, params)
-        completion_tokens = int(out.completion_mask.sum().item())
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": out.finish_reasons[i],
-            }
-            for i, text in enumerate(out.texts)
-        ]
-        return {
-            "id": "chatcmpl-local-" + str(time.time_ns()),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": str(body.get("model")),
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": len(ids),
-                "completion_tokens": completion_tokens,
-                "total_tokens": len(ids) + completion_tokens,
-            },
-        }
+        ids = [encode_prompt(self.tokenizer, b["messages"]) for b in bodies]
+        out = sample_completions(self.model, self.tokenizer, ids, n, params)
+        created, results = int(time.time()), []
+        for p, b in enumerate(bodies):
+            rows = range(p * n, (p + 1) * n)
+            completion_tokens = int(out.completion_mask[p * n : (p + 1) * n].sum().item())
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": out.texts[r]},
+                    "finish_reason": out.finish_reasons[r],
+                }
+                for i, r in enumerate(rows)
+            ]
+            results.append(
+                {
+                    "id": "chatcmpl-local-" + str(time.time_ns()),
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": str(b.get("model")),
+                    "choices": choices,
+                    "usage": {
+                        "prompt_tokens": len(ids[p]),
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": len(ids[p]) + completion_tokens,
+                    },
+                }
+            )
+        return results
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    return int(
+        body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_NEW_TOKENS
+    )
+
+
+def _batch_key(body: dict[str, Any]) -> tuple[Any, ...]:
+    """Requests with equal keys can share one sampler call."""
+    stop = body.get("stop")
+    seed = body.get("seed") if isinstance(body.get("seed"), int) else None
+    return (
+        _max_tokens(body),
+        float(body.get("temperature", 1.0)),
+        float(body.get("top_p", 1.0)),
+        (stop,) if isinstance(stop, str) else tuple(stop or ()),
+        int(body.get("n") or 1),
+        seed,
+    )
 
 
 def _as_sse(completion: dict[str, Any], body: dict[str, Any]) -> list[bytes]:

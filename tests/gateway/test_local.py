@@ -86,3 +86,40 @@ def test_local_model_plain_and_streamed(local_gateway: tuple[str, Any]) -> None:
             messages=msgs,
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
         )
+
+
+def test_concurrent_requests_share_one_sampler_call(tiny: tuple[Any, Any]) -> None:
+    import asyncio
+
+    import orjson
+
+    from ownlm.gateway.config import UpstreamConfig
+
+    model, tokenizer = tiny
+    up = LocalModelUpstream("own", UpstreamConfig(kind="local", model_path="x"), model, tokenizer)
+    calls: list[int] = []
+    complete = up._complete
+
+    def counting(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calls.append(len(bodies))
+        return complete(bodies)
+
+    up._complete = counting  # type: ignore[method-assign]
+
+    def body(text: str, **kw: Any) -> dict[str, Any]:
+        return {"model": "own", "messages": [{"role": "user", "content": text}], "max_tokens": 3,
+                "temperature": 0.0, **kw}  # fmt: skip
+
+    async def run() -> list[Any]:
+        bodies = [body("a"), body("a longer prompt"), body("b"), body("c", max_tokens=2)]
+        bodies.append(body("d", seed=7))
+        return await asyncio.gather(*(up.chat(b, stream=False) for b in bodies))
+
+    replies = [orjson.loads(r.body) for r in asyncio.run(run())]
+    # all five are queued before the worker starts: the three that share settings go together,
+    # the other max_tokens and the seeded one each run alone
+    assert calls == [3, 1, 1]
+    lengths = [r["usage"]["prompt_tokens"] for r in replies]
+    assert lengths[1] > lengths[0]  # each reply counts its own prompt
+    assert replies[3]["usage"]["completion_tokens"] <= 2
+    assert all(r["choices"][0]["message"]["role"] == "assistant" for r in replies)
