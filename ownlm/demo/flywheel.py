@@ -137,6 +137,7 @@ def _story(
 ) -> dict[str, Any]:
     from ownlm.demo.app import app_env
     from ownlm.report.build import ReportConfig, build_report
+    from ownlm.router.deploy import experiment_name
     from ownlm.store.registry import Registry
     from ownlm.store.trace_store import TraceStore
 
@@ -189,7 +190,8 @@ def _story(
                 cfg, client, app_env(seed=30_000), cfg.after_requests, "after", seed=3
             )
         live = reg.current(cfg.alias)
-        figures["routing"] = live.arms if live is not None else {}
+        exp = gateway.router.experiments.get(experiment_name(live)) if live is not None else None
+        figures["routing"] = dict(exp.weights) if exp is not None else {}
     else:
         _say("\n[3/4] no canary: the gate kept the incumbent")
 
@@ -288,7 +290,11 @@ def _report_figures(report: Any) -> dict[str, Any]:
             "savings_usd",
             "reference_cost_usd",
         )
-        return {k: getattr(f, k) for k in keys}
+        out = {k: getattr(f, k) for k in keys}
+        out["net_value_per_request_usd"] = (
+            (f.value_usd - f.cost_usd) / f.requests if f.requests else None
+        )
+        return out
 
     out = {"total": pick(report.total)}
     if report.split is not None:
@@ -320,7 +326,8 @@ def _print_figures(f: dict[str, Any]) -> None:
                 f"accuracy {acc}"
             )
     if "canary_status" in f:
-        lines.append(f"  canary after the A/B: {f['canary_status']}; routing now {f['routing']}")
+        weights = ", ".join(f"{a} {w:.2f}" for a, w in f["routing"].items())
+        lines.append(f"  canary after the A/B: {f['canary_status']}; traffic weights now {weights}")
     r = f["report"]
     for label in ("before", "after", "total"):
         if label in r:
@@ -329,7 +336,8 @@ def _print_figures(f: dict[str, Any]) -> None:
                 f"  {label:>6}: TFP {_num(x['tfp_usd_per_mtok'], '$/1M tok')}, cost per success "
                 f"{_num(x['cost_per_success_usd'], '$', 6)}, own share "
                 f"{_num(x['own_request_share'], '', 2)}, saved vs all-upstream "
-                f"{_num(x['savings_usd'], '$', 4)} of {_num(x['reference_cost_usd'], '$', 4)}"
+                f"{_num(x['savings_usd'], '$', 4)} of {_num(x['reference_cost_usd'], '$', 4)}, "
+                f"net value per request {_num(x['net_value_per_request_usd'], '$', 6)}"
             )
     lines.append(f"  dashboard: {f['dashboard']}")
     _say("\n".join(lines))
