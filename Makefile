@@ -30,7 +30,7 @@ postgres: system-deps
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -m "not slow"
-	$(PY) -m pytest -m slow --maxfail=1
+	$(PY) -m pytest -m "slow and not long" --maxfail=1
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

@@ -192,6 +192,7 @@ def test_bad_inputs(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 50 LoRA steps on SmolLM2: ~18 min on a loaded 2-core machine
 def test_reward_model_ranks_held_out_pairs_on_smollm2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_values: Any
 ) -> None:
