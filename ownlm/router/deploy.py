@@ -141,7 +141,7 @@ def decide_canary(reg: Registry, dep: Deployment, eliminated: frozenset[str], p:
     """Act on a canary's test result: rollback if it lost, promoted if it won; '' if undecided."""
     if dep.canary is None:
         return ""
-    version = _version_of(reg, dep.canary)
+    version = reg.by_variant(dep.canary)
     if dep.canary in eliminated:
         reg.rollback(dep.alias, f"canary {dep.canary} lost the A/B (p={p:.2g})")
         return f"rolled back {dep.canary}"
@@ -152,13 +152,6 @@ def decide_canary(reg: Registry, dep: Deployment, eliminated: frozenset[str], p:
         reg.set_status(version.name, version.version, "promoted")
         return f"promoted {dep.canary}"
     return ""
-
-
-def _version_of(reg: Registry, variant: str) -> Any:
-    for v in reg.store.list_model_versions():
-        if variant_name(v.name, v.version) == variant:
-            return v
-    return None
 
 
 def promote_command(cfg: PromoteConfig) -> dict[str, Any]:

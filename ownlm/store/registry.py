@@ -74,6 +74,13 @@ class Registry:
             )
         return versions[-1]
 
+    def by_variant(self, variant: str) -> ModelVersion | None:
+        """The version the gateway serves as `variant` (`name-v<version>`), or None."""
+        for v in self.store.list_model_versions():
+            if variant_name(v.name, v.version) == variant:
+                return v
+        return None
+
     def set_status(self, name: str, version: int, status: str) -> None:
         """Change a version's status (see VERSION_STATUSES)."""
         if status not in VERSION_STATUSES:
@@ -156,8 +163,7 @@ class Registry:
                 reason=f"rollback of #{newest.seq}: {reason}",
             )
         )
-        if newest.canary is not None:
-            for v in self.store.list_model_versions():
-                if variant_name(v.name, v.version) == newest.canary:
-                    self.set_status(v.name, v.version, "rolled_back")
+        canary = self.by_variant(newest.canary) if newest.canary is not None else None
+        if canary is not None:
+            self.set_status(canary.name, canary.version, "rolled_back")
         return restored
