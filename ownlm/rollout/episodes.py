@@ -29,6 +29,7 @@ from ownlm.envs.tools import (
     parse_tool_call,
 )
 from ownlm.models.chat import THINK_ON_PREFIX, encode_prompt, render_prompt, split_thinking
+from ownlm.rollout.kv import PrefixKV, common_prefix_length, prefix_kv, supports_kv_reuse
 from ownlm.rollout.sampler import sample_completions
 from ownlm.rollout.types import Completions, SamplingParams
 
@@ -87,11 +88,15 @@ def run_episodes(
     *,
     max_episode_tokens: int,
     enable_thinking: bool = False,
+    kv_reuse: bool = True,
 ) -> EpisodeBatch:
     """Run n episodes per task to an answer, max_turns or the token limit (see module doc).
 
     params.max_new_tokens bounds one assistant turn; max_episode_tokens bounds the whole row
     (sampled and inserted tokens). params.seed, if set, is offset by the round number.
+    kv_reuse (when the model's cache allows it): the prefix all prompts share is read once, each
+    task's prompt once for its n episodes, and each episode keeps its keys and values between
+    rounds, so a round reads only the tokens inserted since the last (rollout/kv.py).
     """
     start = time.perf_counter()
     prompts = [
@@ -102,6 +107,9 @@ def run_episodes(
     stop = tuple(dict.fromkeys((*params.stop, TOOL_CALL_CLOSE)))
     live = list(range(len(rows)))
     sampled_tokens, rounds = 0, 0
+    reuse = kv_reuse and supports_kv_reuse(model)
+    kvs: list[PrefixKV | None] = [None] * len(rows)
+    shared = _shared_prefix(model, prompts) if reuse else None
     while live:
         left = [max_episode_tokens - len(rows[r].tokens) for r in live]
         turn_params = SamplingParams(
@@ -112,13 +120,26 @@ def run_episodes(
             seed=None if params.seed is None else params.seed + 7919 * rounds,
             thinking_budget_tokens=params.thinking_budget_tokens,
         )
-        comps = sample_completions(
-            model, tokenizer, [prompts[r // n] + rows[r].tokens for r in live], 1, turn_params
-        )
+        if reuse and rounds == 0:  # each prompt once for its n episodes
+            past = [shared] * len(prompts)
+            comps = sample_completions(
+                model, tokenizer, prompts, n, turn_params, past=past, keep_kv=True
+            )
+        else:
+            comps = sample_completions(
+                model,
+                tokenizer,
+                [prompts[r // n] + rows[r].tokens for r in live],
+                1,
+                turn_params,
+                past=[kvs[r] for r in live] if reuse else None,
+                keep_kv=reuse,
+            )
         rounds += 1
         still: list[int] = []
         for j, r in enumerate(live):
             row, ep, task = rows[r], episodes[r], tasks[r // n]
+            kvs[r] = comps.kv[j] if comps.kv is not None else None
             k = _row_length(comps, j)
             new = comps.tokens[j, :k].tolist()
             cut = min(k, left[j])
@@ -155,11 +176,19 @@ def run_episodes(
             row.logprobs += [0.0] * len(glue)
             row.mask += [False] * len(glue)
             still.append(r)
+        for r in set(live) - set(still):
+            kvs[r] = None
         live = still
     return EpisodeBatch(
         completions=_collect(rows, episodes, prompts, n, tokenizer, start, sampled_tokens),
         episodes=episodes,
     )
+
+
+def _shared_prefix(model: Any, prompts: list[list[int]]) -> PrefixKV | None:
+    """Keys and values of the tokens all prompts start with (a system prompt), if any."""
+    k = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+    return prefix_kv(model, prompts[0][:k]) if k > 0 else None
 
 
 def _row_length(comps: Completions, j: int) -> int:

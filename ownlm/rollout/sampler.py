@@ -22,6 +22,7 @@ from transformers import DynamicCache
 
 from ownlm.errors import ConfigError, DataError
 from ownlm.models.chat import THINK_CLOSE, THINK_OPEN, think_close_ids
+from ownlm.rollout.kv import PrefixKV, batch_cache, take_row
 from ownlm.rollout.types import Completions, SamplingParams
 
 
@@ -51,9 +52,19 @@ def sample_completions(
     prompt_ids: list[list[int]],
     n: int,
     params: SamplingParams,
+    *,
+    past: list[PrefixKV | None] | None = None,
+    keep_kv: bool = False,
 ) -> Completions:
-    """Sample n completions for each prompt; rows come out prompt-major (row i is prompt i // n)."""
+    """Sample n completions for each prompt; rows come out prompt-major (row i is prompt i // n).
+
+    past[i], if given, holds the keys and values of the first tokens of prompt i: only the rest
+    is fed. keep_kv: `Completions.kv[row]` holds the keys and values of the row's prompt and all
+    its tokens but the last (the next call's past for that row; see rollout/kv.py).
+    """
     _check_request(model, prompt_ids, n, params)
+    if past is not None:
+        _check_past(prompt_ids, past)
     device = next(model.parameters()).device
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
@@ -72,12 +83,12 @@ def sample_completions(
 
     start = time.perf_counter()
     with torch.inference_mode(), _grouped_query_sdpa(device):
-        cache, logits, attn_mask, positions = _prefill(
-            model, prompt_ids, n, params.max_new_tokens, device
+        cache, logits, attn_mask, positions, prompt_width = _prefill(
+            model, prompt_ids, n, params.max_new_tokens, device, past
         )
-        prompt_width = max(len(p) for p in prompt_ids)
         prefill_s = time.perf_counter() - start
         active = list(range(len(rows)))  # row index of each batch slot
+        kept: list[PrefixKV | None] = [None] * len(rows)
         for step in range(params.max_new_tokens):
             token_t, logp_t = draw_tokens(logits, params.temperature, params.top_p, generator)
             tokens, logps = token_t.tolist(), logp_t.tolist()
@@ -94,6 +105,9 @@ def sample_completions(
                     row.finish = "length"
                 if row.finish is None:
                     keep.append(slot)
+                elif keep_kv:  # the cache holds the prompt and every token but this last one
+                    cols = None if attn_mask is None else attn_mask[slot, : prompt_width + step]
+                    kept[r] = take_row(cache, slot, None if cols is None else cols.nonzero()[:, 0])
             if not keep:
                 break
             next_tokens = torch.tensor([tokens[s] for s in keep], device=device).unsqueeze(1)
@@ -119,7 +133,10 @@ def sample_completions(
             )
             logits = out.logits[:, -1, :].float()
     time_s = time.perf_counter() - start
-    return _collect(rows, prompt_ids, n, tokenizer, pad_id, time_s, prefill_s)
+    out = _collect(rows, prompt_ids, n, tokenizer, pad_id, time_s, prefill_s)
+    if keep_kv:
+        out.kv = kept
+    return out
 
 
 @contextmanager
@@ -174,23 +191,43 @@ def draw_tokens(
 
 
 def _prefill(
-    model: Any, prompt_ids: list[list[int]], n: int, max_new_tokens: int, device: torch.device
-) -> tuple[DynamicCache, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Run all prompts once, left-padded; return the cache, logits, mask and positions per row.
+    model: Any,
+    prompt_ids: list[list[int]],
+    n: int,
+    max_new_tokens: int,
+    device: torch.device,
+    past: list[PrefixKV | None] | None,
+) -> tuple[DynamicCache, torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+    """Run all prompts once; return the cache, logits, mask, positions per row and cache width.
 
-    The mask has room for max_new_tokens more columns (all ones), so decode steps slice it
-    instead of concatenating; it is None when no prompt needs padding.
+    Without a past, prompts are left-padded into one block. With one, each row's past is
+    right-aligned in the cache and the rest of its prompt right-aligned in the query block
+    (rollout/kv.py). The mask has room for max_new_tokens more columns (all ones), so decode
+    steps slice it instead of concatenating; it is None when nothing is padded.
     """
-    lengths = torch.tensor([len(p) for p in prompt_ids], device=device)
+    past_lens = [0 if p is None else p.length for p in past or [None] * len(prompt_ids)]
+    news = [ids[k:] for ids, k in zip(prompt_ids, past_lens, strict=True)]
+    lengths = torch.tensor([len(x) for x in news], device=device)
     width = int(lengths.max())
-    input_ids = torch.zeros(len(prompt_ids), width, dtype=torch.long, device=device)
-    for i, ids in enumerate(prompt_ids):
+    input_ids = torch.zeros(len(news), width, dtype=torch.long, device=device)
+    for i, ids in enumerate(news):
         input_ids[i, width - len(ids) :] = torch.tensor(ids, device=device)
     pad = torch.arange(width, device=device)[None, :] < (width - lengths)[:, None]  # (P, L)
     mask = (~pad).long()
-    padded = bool(pad.any())
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
+    past_width = max(past_lens)
+    if past_width:
+        assert past is not None
+        done = torch.tensor(past_lens, device=device)
+        held = torch.arange(past_width, device=device)[None, :] >= (past_width - done)[:, None]
+        mask = torch.cat([held.long(), mask], dim=1)
+        positions = positions + done[:, None]
+        cache = batch_cache(model, past, past_width)
+    else:
+        cache = DynamicCache(config=model.config)
+    # With a cache, always pass the mask: a query block after cached columns is not the
+    # top-left causal mask SDPA assumes without one.
+    padded = bool(pad.any()) or past_width > 0
     out = model(
         input_ids=input_ids,
         attention_mask=mask if padded else None,
@@ -201,12 +238,12 @@ def _prefill(
     )
     logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
     cache.batch_repeat_interleave(n)
-    last_positions = (lengths - 1)[:, None].repeat_interleave(n, dim=0)  # (P*n, 1)
+    last_positions = positions[:, -1:].repeat_interleave(n, dim=0)  # (P*n, 1)
     full_mask = None
     if padded:
         full_mask = torch.cat([mask, mask.new_ones(len(prompt_ids), max_new_tokens)], dim=1)
         full_mask = full_mask.repeat_interleave(n, dim=0)
-    return cache, logits, full_mask, last_positions
+    return cache, logits, full_mask, last_positions, past_width + width
 
 
 def _append(row: _Row, token: int, logprob: float, sampled: bool) -> None:
@@ -333,6 +370,18 @@ def _make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def _check_past(prompt_ids: list[list[int]], past: list[PrefixKV | None]) -> None:
+    """A past must come one per prompt and leave at least one prompt token to feed."""
+    if len(past) != len(prompt_ids):
+        raise ConfigError(f"past has {len(past)} entries for {len(prompt_ids)} prompts")
+    for i, (ids, p) in enumerate(zip(prompt_ids, past, strict=True)):
+        if p is not None and p.length >= len(ids):
+            raise ConfigError(
+                f"past of prompt {i} covers {p.length} tokens of its {len(ids)}: leave at least "
+                "one token to feed"
+            )
 
 
 def _check_request(model: Any, prompt_ids: list[list[int]], n: int, params: SamplingParams) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,3 +37,6 @@ class Completions:
     texts: list[str]  # P*n decoded completions (special tokens and stop string removed)
     finish_reasons: list[str]  # "stop" (eos or stop string) or "length"
     stats: dict[str, float] = field(default_factory=dict)  # e.g. rollout/tokens_per_s
+    # With sample_completions(keep_kv=True): per row, the rollout.kv.PrefixKV of its prompt and
+    # every token but the last, for a next call that continues the row.
+    kv: list[Any] | None = None

@@ -65,10 +65,12 @@ def test_episodes_run_through_the_user_env(
     env = example.CalculatorEnv()
     tasks = env.tasks("test", 2)
 
-    def scripted(m: Any, tokenizer: Any, prompt_ids: list[list[int]], n: int, p: Any) -> Any:
+    def scripted(
+        m: Any, tokenizer: Any, prompt_ids: list[list[int]], n: int, p: Any, **_kv: Any
+    ) -> Any:
         """Turn 1 calls the calculator on the question; turn 2 copies the tool result."""
         texts = []
-        for ids in prompt_ids:
+        for ids in [ids for ids in prompt_ids for _ in range(n)]:
             prompt = tokenizer.decode(ids)
             if "<|im_start|>tool" not in prompt:
                 a, b = re.findall(r"What is (\d+) \* (\d+)", prompt)[0]
@@ -86,7 +88,7 @@ def test_episodes_run_through_the_user_env(
         for i, r in enumerate(rows):
             tokens[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), True
         clean = [t.replace("</tool_call>", "").replace("<|im_end|>", "") for t in texts]
-        return Completions(prompt_ids, 1, tokens, torch.zeros(tokens.shape), mask, clean,
+        return Completions(prompt_ids, n, tokens, torch.zeros(tokens.shape), mask, clean,
                            ["stop"] * len(rows))  # fmt: skip
 
     monkeypatch.setattr(episodes_module, "sample_completions", scripted)

@@ -3,6 +3,7 @@ turn limit end cleanly, and the training forward recomputes the sampler's logpro
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from ownlm.envs.base import EpisodeScore, Message, Task
 from ownlm.envs.tools import TOOL_CALL_CLOSE, ToolCall, function_tool
+from ownlm.models.chat import encode_prompt
 from ownlm.models.tiny import tiny_model
 from ownlm.rollout import episodes as episodes_module
 from ownlm.rollout.episodes import run_episodes
@@ -49,6 +51,22 @@ class LookupEnv:
         return EpisodeScore(reward=1.0, correct=True, well_formed=True)
 
 
+class ForcedAt(type(tiny_model(seed=0)[0])):  # type: ignore[misc]
+    """The tiny model, except that the token at position p is (almost) surely script[p]."""
+
+    script: dict[int, int] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().forward(*args, **kwargs)
+        positions = kwargs.get("position_ids")
+        if positions is None:  # a forward from the first token
+            positions = torch.arange(kwargs["input_ids"].shape[1])[None, :]
+        positions = positions[:, -out.logits.shape[1] :]
+        for pos, token in self.script.items():  # logits at p - 1 choose the token at p
+            out.logits[..., token] += torch.where(positions + 1 == pos, 100.0, 0.0)
+        return out
+
+
 @pytest.fixture(scope="module")
 def tiny() -> tuple[Any, Any]:
     return tiny_model(seed=0)
@@ -66,12 +84,13 @@ def scripted_sampler(model: Any, turns: dict[str, list[str]]) -> Any:
     """A stand-in for sample_completions: the next turn comes from a script (keyed by question,
     indexed by the tool results already in the prompt); logprobs from a plain full forward."""
 
-    def sample(_m: Any, tokenizer: Any, prompt_ids: list[list[int]], n: int, params: Any) -> Any:
-        assert n == 1
+    def sample(
+        _m: Any, tokenizer: Any, prompt_ids: list[list[int]], n: int, params: Any, **_kv: Any
+    ) -> Any:
         assert TOOL_CALL_CLOSE in params.stop
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         rows, logps, texts, reasons = [], [], [], []
-        for ids in prompt_ids:
+        for ids in [ids for ids in prompt_ids for _ in range(n)]:
             prompt = tokenizer.decode(ids)
             question = next(q for q in turns if q in prompt)
             text = turns[question][prompt.count("<|im_start|>tool")]
@@ -95,7 +114,7 @@ def scripted_sampler(model: Any, turns: dict[str, list[str]]) -> Any:
             tokens[i, : len(r)], logprobs[i, : len(r)], mask[i, : len(r)] = (
                 torch.tensor(r), lp, True
             )  # fmt: skip
-        return Completions(prompt_ids, 1, tokens, logprobs, mask, texts, reasons)
+        return Completions(prompt_ids, n, tokens, logprobs, mask, texts, reasons)
 
     return sample
 
@@ -210,3 +229,38 @@ def test_real_sampler_episodes_match_the_training_forward(tiny: tuple[Any, Any])
     m = comps.completion_mask
     assert m.sum() > 0
     assert torch.allclose(recomputed[m], comps.logprobs[m], atol=1e-4)
+
+
+def test_kept_caches_between_rounds_change_nothing(tiny: tuple[Any, Any]) -> None:
+    """Turn 1 is forced to be a call (a random model never writes one), turn 2 is sampled after
+    the tool result: with kv_reuse (the prompt read once per group, each row's cache kept across
+    the tool result) the episodes are the ones a full re-prefill samples, and their logprobs are
+    the training forward's."""
+    model, tok = tiny
+    env = LookupEnv()
+    tasks = env.tasks("train", 2)
+    prompt_len = len(encode_prompt(tok, env.reset(tasks[0])))
+    assert prompt_len == len(encode_prompt(tok, env.reset(tasks[1])))
+    forced = copy.deepcopy(model)
+    forced.__class__ = ForcedAt
+    forced.script = dict(enumerate(tok.encode(CALL, add_special_tokens=False), start=prompt_len))
+    params = SamplingParams(max_new_tokens=40, temperature=1.0, seed=3)
+    runs = {
+        reuse: run_episodes(
+            forced, tok, env, tasks, 3, params, max_episode_tokens=160, kv_reuse=reuse
+        )
+        for reuse in (True, False)
+    }
+    for reuse, out in runs.items():
+        assert all(e.tool_calls == 1 and e.turns == 2 for e in out.episodes), reuse
+    a, b = runs[True].completions, runs[False].completions
+    assert torch.equal(a.tokens, b.tokens)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
+    # the second turn (after the call and the tool result) is the plain model's own sampling
+    recomputed = completion_logprobs(
+        model, a.prompt_ids, a.tokens, a.completion_mask, 3, pad_id=tok.pad_token_id
+    )
+    m = a.completion_mask.clone()
+    m[:, : len(forced.script)] = False
+    assert m.sum() > 0
+    assert torch.allclose(recomputed[m], a.logprobs[m], atol=1e-4)

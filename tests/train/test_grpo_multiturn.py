@@ -48,7 +48,7 @@ class LookupEnv:
 
 
 def first_turn_calls(model: Any, tokenizer: Any, prompt_ids: list[list[int]], n: int,
-                     params: Any) -> Completions:  # fmt: skip
+                     params: Any, **_kv: Any) -> Completions:  # fmt: skip
     """The first assistant turn of every episode is a fixed tool call (a random model never
     writes one); later turns are sampled by the real sampler."""
     if any("<|im_start|>tool" in tokenizer.decode(p) for p in prompt_ids):
@@ -56,14 +56,14 @@ def first_turn_calls(model: Any, tokenizer: Any, prompt_ids: list[list[int]], n:
     toks = tokenizer.encode(CALL, add_special_tokens=False)
     rows, lps = [], []
     with torch.no_grad():
-        for ids in prompt_ids:
+        for ids in [ids for ids in prompt_ids for _ in range(n)]:
             logits = model(input_ids=torch.tensor([ids + toks])).logits[0, len(ids) - 1 : -1]
             lp = torch.log_softmax(logits.float() / params.temperature, -1)
             lps.append(lp.gather(1, torch.tensor(toks)[:, None])[:, 0])
             rows.append(toks)
-    k = len(prompt_ids)
+    k = len(prompt_ids) * n
     return Completions(
-        prompt_ids, 1, torch.tensor(rows), torch.stack(lps), torch.ones(k, len(toks), dtype=bool),
+        prompt_ids, n, torch.tensor(rows), torch.stack(lps), torch.ones(k, len(toks), dtype=bool),
         [CALL.replace("</tool_call>", "")] * k, ["stop"] * k,
     )  # fmt: skip
 

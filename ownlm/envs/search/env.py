@@ -61,6 +61,9 @@ class SearchConfig(Config):
     # train only on these question kinds (e.g. [founder_bcity, founder_byear], the two-hop ones);
     # None: all. The test split is never filtered.
     train_kinds: list[str] | None = None
+    # how many times each train question of a kind is in the pool (kinds not named: 1), e.g.
+    # {founder_bcity: 3, founder_byear: 3} to oversample the two-hop kinds for GRPO
+    train_kind_weights: dict[str, int] | None = None
     top_k: int = Field(default=3, ge=1)
     snippet_chars: int = Field(default=200, ge=20)
     max_turns: int = Field(default=4, ge=1)
@@ -92,6 +95,20 @@ class SearchEnv:
                 self.cfg.seed, self.cfg.n_companies, self.cfg.test_fraction
             )
         self.index = SearchIndex(docs)
+        self._check_kinds()
+
+    def _check_kinds(self) -> None:
+        """Refuse kind names the train split does not have, naming the ones it has."""
+        known = {t.metadata.get("kind") for t in self._splits.get("train", [])}
+        named = set(self.cfg.train_kinds or []) | set(self.cfg.train_kind_weights or {})
+        unknown = sorted(str(k) for k in named - known)
+        if unknown:
+            raise ConfigError(
+                f"search env: no train questions of kind {', '.join(unknown)}; the kinds are "
+                f"{', '.join(sorted(str(k) for k in known))}"
+            )
+        if any(w < 0 for w in (self.cfg.train_kind_weights or {}).values()):
+            raise ConfigError("search env: train_kind_weights must be 0 or more")
 
     def tasks(self, split: str, n: int) -> list[Task]:
         """The first n questions of a split (train questions are shuffled by the recipe)."""
@@ -113,6 +130,9 @@ class SearchEnv:
         pool = self._splits[split]
         if split == "train" and self.cfg.train_kinds is not None:
             pool = [t for t in pool if t.metadata.get("kind") in self.cfg.train_kinds]
+        if split == "train" and self.cfg.train_kind_weights:
+            weights = self.cfg.train_kind_weights
+            pool = [t for t in pool for _ in range(weights.get(str(t.metadata.get("kind")), 1))]
         return pool
 
     def reset(self, task: Task) -> list[Message]:
