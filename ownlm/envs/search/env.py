@@ -64,6 +64,8 @@ class SearchConfig(Config):
     # how many times each train question of a kind is in the pool (kinds not named: 1), e.g.
     # {founder_bcity: 3, founder_byear: 3} to oversample the two-hop kinds for GRPO
     train_kind_weights: dict[str, int] | None = None
+    # how search ranks documents: bm25 (words), dense (MiniLM embeddings) or hybrid (both)
+    retrieval: Literal["bm25", "dense", "hybrid"] = "bm25"
     top_k: int = Field(default=3, ge=1)
     snippet_chars: int = Field(default=200, ge=20)
     max_turns: int = Field(default=4, ge=1)
@@ -94,7 +96,7 @@ class SearchEnv:
             docs, self._splits = build_synthetic(
                 self.cfg.seed, self.cfg.n_companies, self.cfg.test_fraction
             )
-        self.index = SearchIndex(docs)
+        self.index = SearchIndex(docs, self.cfg.retrieval)
         self._check_kinds()
 
     def _check_kinds(self) -> None:
