@@ -27,7 +27,7 @@ from ownlm.train.grpo import GRPOConfig, train_grpo
 from ownlm.train.sft import SFTConfig, train_sft
 
 
-def evaluate(model: str, cfg: GRPOConfig, n_test: int, out: Path) -> EvalReport:
+def evaluate(model: str, cfg: GRPOConfig, n_test: int, out: Path, few_shot: int = 0) -> EvalReport:
     """Greedy held-out eval of whole episodes; cached as out.json next to the rows."""
     summary = out.with_suffix(".json")
     if summary.exists():
@@ -35,7 +35,7 @@ def evaluate(model: str, cfg: GRPOConfig, n_test: int, out: Path) -> EvalReport:
     report = run_eval(
         EvalConfig(
             model=model,
-            env=cfg.env,
+            env=cfg.env.model_copy(update={"few_shot": few_shot}),
             n_problems=n_test,
             max_new_tokens=cfg.max_new_tokens,
             max_episode_tokens=cfg.max_episode_tokens,
@@ -56,7 +56,7 @@ def write_demonstrations(env: SearchEnv, n: int, seed: int, path: Path) -> None:
             f.write(json.dumps({"messages": env.demonstration(task)}) + "\n")
 
 
-STAGES = ["eval_base", "sft", "eval_sft", "grpo", "eval_grpo"]
+STAGES = ["eval_base", "eval_fewshot", "sft", "eval_sft", "grpo", "eval_grpo"]
 
 
 def train_seconds(run_dir: Path) -> float:
@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=12)
     parser.add_argument("--sft-batch", type=int, default=8)
     parser.add_argument("--sft-lr", type=float, default=2e-4)
+    parser.add_argument(
+        "--few-shot", type=int, default=3, help="worked examples in the prompting-only baseline"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--only",
@@ -106,6 +109,10 @@ def main() -> None:
     if "eval_base" in run:
         base = evaluate(cfg.model, cfg, args.n_test, out / "eval_base.jsonl")
     times["eval_base"] = time.perf_counter() - t
+    if "eval_fewshot" in run:
+        fewshot = evaluate(
+            cfg.model, cfg, args.n_test, out / "eval_fewshot.jsonl", few_shot=args.few_shot
+        )
 
     t = time.perf_counter()
     sft_dir = out / "sft"
@@ -154,7 +161,12 @@ def main() -> None:
 
     if args.only:
         return
-    stages = {"base (prompt only)": base, "+ SFT warm-up": sft, "+ GRPO": grpo}
+    stages = {
+        "base (tool prompt)": base,
+        f"base, {args.few_shot}-shot prompt": fewshot,
+        "+ SFT warm-up": sft,
+        "+ GRPO": grpo,
+    }
     print(f"\n{args.n_test} held-out questions, greedy; correct = exact answer citing its doc")
     print(f"{'model':22} {'correct':>8} {'95% CI':>13} {'answer':>7} {'cited':>6} {'tools':>6} "
           f"{'turns':>6} {'malformed':>9}")  # fmt: skip
@@ -166,20 +178,24 @@ def main() -> None:
         )
     gains = {}
     for name, a, b in [
+        ("few-shot - base", "base", "fewshot"),
         ("sft - base", "base", "sft"),
         ("grpo - sft", "sft", "grpo"),
         ("grpo - base", "base", "grpo"),
+        ("grpo - few-shot", "fewshot", "grpo"),
     ]:
         gains[name] = paired_gain(out / f"eval_{a}.jsonl", out / f"eval_{b}.jsonl")
         g, lo, hi = gains[name]
-        print(f"gain {name:12} {g:+.3f}  95% CI (paired) {lo:+.3f} .. {hi:+.3f}")
-    print("correct by question kind (base / sft / grpo):")
-    kinds = {name: correct_by_kind(out / f"eval_{name}.jsonl") for name in ("base", "sft", "grpo")}
+        print(f"gain {name:16} {g:+.3f}  95% CI (paired) {lo:+.3f} .. {hi:+.3f}")
+    print("correct by question kind (base / few-shot / sft / grpo):")
+    names = ("base", "fewshot", "sft", "grpo")
+    kinds = {name: correct_by_kind(out / f"eval_{name}.jsonl") for name in names}
     for kind in kinds["base"]:
         print(f"  {kind:14} " + " / ".join(f"{kinds[n][kind]:.2f}" for n in kinds))
     # measured when each stage ran (a rerun reuses finished stages): evals' time_s, steps' sum
     times = {
         "eval_base": base.time_s,
+        "eval_fewshot": fewshot.time_s,
         "sft": train_seconds(sft_dir),
         "eval_sft": sft.time_s,
         "grpo": train_seconds(out / "grpo"),

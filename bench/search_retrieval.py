@@ -23,7 +23,7 @@ import torch
 from ownlm.envs.base import Task
 from ownlm.envs.search.env import SearchConfig, SearchEnv
 from ownlm.envs.search.index import Retrieval, SearchIndex
-from ownlm.router.embed import TextEmbedder
+from ownlm.models.embed import TextEmbedder
 
 MODES: list[Retrieval] = ["bm25", "dense", "hybrid"]
 TWO_HOP = {"founder_bcity", "founder_byear"}

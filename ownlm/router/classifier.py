@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ownlm.config import Config
 from ownlm.errors import ConfigError, DataError, ModelLoadError
-from ownlm.router.embed import EMBEDDING_DIM, EMBEDDING_MODEL, Embedder, TextEmbedder
+from ownlm.models.embed import EMBEDDING_DIM, EMBEDDING_MODEL, Embedder, TextEmbedder
 
 
 class StoreLabels(Config):

