@@ -8,7 +8,8 @@ it counts how often the document holding a question's answer is first (R@1) or i
 (R@3) for two kinds of query: (a) the entity name a scripted demonstration searches last
 (`task.metadata["queries"][-1]`, one query per document) and (b) the raw question text, one-hop
 questions and two-hop ones apart (their answer is in the founder's document; the question names
-only the company, which that document mentions once). Also: index build time (for dense, embedding every document) and query latency.
+only the company, which that document mentions once). Also: index build time (for dense,
+embedding every document) and query latency.
 The query embedding cache is off, so every query pays for its embedding.
 """
 

@@ -32,8 +32,8 @@ from ownlm.errors import ConfigError
 from ownlm.router.experiments import Experiment, ExperimentConfig
 
 if TYPE_CHECKING:
-    from ownlm.router.classifier import DifficultyScorer
     from ownlm.models.embed import Embedder
+    from ownlm.router.classifier import DifficultyScorer
     from ownlm.store.schema import ArmStats
 
 
@@ -306,8 +306,8 @@ class Router:
     def _compile_difficulty(
         self, label: str, pol: DifficultyPolicy, matches: Callable[[RouteRequest], bool] | None
     ) -> Step:
-        from ownlm.router.classifier import DifficultyScorer, read_classifier
         from ownlm.models.embed import TextEmbedder
+        from ownlm.router.classifier import DifficultyScorer, read_classifier
 
         scorer = self._scorers.get(pol.classifier)
         if scorer is None:

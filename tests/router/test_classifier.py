@@ -197,8 +197,8 @@ def test_real_embeddings_match_sentence_transformers() -> None:
 @pytest.mark.slow
 def test_real_classifier_beats_majority_on_gym_set(tmp_path: Path) -> None:
     """Held-out accuracy on easy vs hard reasoning-gym prompts; prints the figures."""
-    from ownlm.router.difficulty_set import DifficultySetConfig, write_difficulty_set
     from ownlm.models.embed import TextEmbedder
+    from ownlm.router.difficulty_set import DifficultySetConfig, write_difficulty_set
 
     data = tmp_path / "labelled.jsonl"
     write_difficulty_set(DifficultySetConfig(out=str(data), per_spec=20, seed=0))
