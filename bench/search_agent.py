@@ -202,6 +202,7 @@ def main() -> None:
         "eval_grpo": grpo.time_s,
     }
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    print(f"total {sum(times.values()) / 60:.1f} minutes (evals, and SFT and GRPO steps)")
     (out / "summary.json").write_text(
         json.dumps(
             {
