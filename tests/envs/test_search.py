@@ -157,3 +157,37 @@ def test_train_kinds_filter_only_the_train_split() -> None:
     assert env.pool_size("train") == 15
     assert {t.metadata["kind"] for t in env.tasks("train", 15)} == {"year"}
     assert env.pool_size("test") == 40
+
+
+def test_kind_weights_repeat_train_questions_and_unknown_kinds_are_named() -> None:
+    cfg = SearchConfig(n_companies=20, test_fraction=0.25)
+    weighted = SearchEnv(cfg.model_copy(update={"train_kind_weights": {"founder_bcity": 3}}))
+    pool = weighted.tasks("train", weighted.pool_size("train"))
+    assert len(pool) == 15 * 8 + 2 * 15  # each founder_bcity question three times
+    assert sum(t.metadata["kind"] == "founder_bcity" for t in pool) == 45
+    assert weighted.pool_size("test") == 5 * 8  # the test split is never weighted
+    dropped = SearchEnv(cfg.model_copy(update={"train_kind_weights": {"hq": 0}}))
+    assert dropped.pool_size("train") == 15 * 7
+    with pytest.raises(ConfigError, match="no train questions of kind hqq; the kinds are"):
+        SearchEnv(cfg.model_copy(update={"train_kind_weights": {"hqq": 2}}))
+    with pytest.raises(ConfigError, match="0 or more"):
+        SearchEnv(cfg.model_copy(update={"train_kind_weights": {"hq": -1}}))
+
+
+def test_few_shot_puts_scripted_train_episodes_before_the_question() -> None:
+    env = SearchEnv(SearchConfig(n_companies=20, test_fraction=0.25, few_shot=3))
+    task = env.tasks("test", 1)[0]
+    messages = env.reset(task)
+    assert messages[0]["role"] == "system" and messages[-1] == {
+        "role": "user",
+        "content": task.question,
+    }
+    shots = messages[1:-1]
+    users = [m["content"] for m in shots if m["role"] == "user"]
+    assert len(users) == 3 and "the founder of" in users[0]  # two-hop first
+    assert sum(m["role"] == "tool" for m in shots) == 2 + 1 + 2  # two-hop, hq, two-hop
+    train_questions = {t.question for t in env.tasks("train", env.pool_size("train"))}
+    assert set(users) <= train_questions
+    # every prompt starts with the same tokens up to the question: kept caches read them once
+    other = env.reset(env.tasks("test", 2)[1])
+    assert other[:-1] == messages[:-1]
