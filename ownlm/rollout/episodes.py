@@ -139,7 +139,7 @@ def run_episodes(
         still: list[int] = []
         for j, r in enumerate(live):
             row, ep, task = rows[r], episodes[r], tasks[r // n]
-            kvs[r] = comps.kv[j] if comps.kv is not None else None
+            kvs[r] = None  # kept below only if the episode goes on
             k = _row_length(comps, j)
             new = comps.tokens[j, :k].tolist()
             cut = min(k, left[j])
@@ -175,9 +175,8 @@ def run_episodes(
             row.tokens += glue
             row.logprobs += [0.0] * len(glue)
             row.mask += [False] * len(glue)
+            kvs[r] = comps.kv[j] if comps.kv is not None else None
             still.append(r)
-        for r in set(live) - set(still):
-            kvs[r] = None
         live = still
     return EpisodeBatch(
         completions=_collect(rows, episodes, prompts, n, tokenizer, start, sampled_tokens),
