@@ -166,9 +166,8 @@ class SearchEnv:
         by_kind: dict[str, list[Task]] = {}
         for t in self._splits.get("train", []):
             by_kind.setdefault(str(t.metadata.get("kind")), []).append(t)
-        order = [k for k in _SHOT_ORDER if k in by_kind] + [
-            k for k in by_kind if k not in _SHOT_ORDER
-        ]
+        order = [kind for kind in _SHOT_ORDER if kind in by_kind]
+        order += [kind for kind in by_kind if kind not in _SHOT_ORDER]
         messages: list[Message] = []
         for i in range(k):
             kind = order[i % len(order)]
