@@ -94,8 +94,10 @@ def take_row(cache: DynamicCache, slot: int, columns: torch.Tensor | None) -> Pr
     keys, values = [], []
     for layer in cache.layers:
         k, v = layer.keys[slot : slot + 1], layer.values[slot : slot + 1]
-        if columns is not None:
+        if columns is None:
+            k, v = k.clone(), v.clone()
+        else:  # index_select already copies
             k, v = k.index_select(2, columns), v.index_select(2, columns)
-        keys.append(k.clone())
-        values.append(v.clone())
+        keys.append(k)
+        values.append(v)
     return PrefixKV(keys=keys, values=values)
