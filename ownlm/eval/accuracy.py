@@ -13,16 +13,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from ownlm.config import Config
+from ownlm.models.llama_cpp import Quantization
 from ownlm.envs.base import is_multi_turn
 from ownlm.envs.registry import EnvConfig, env_field, make_env
 from ownlm.errors import ConfigError
 from ownlm.models.chat import encode_prompt, split_thinking
-from ownlm.models.load import load_model
+from ownlm.models.load import load_model, load_tokenizer
 from ownlm.rollout.episodes import run_episodes
 from ownlm.rollout.sampler import sample_completions
 from ownlm.rollout.types import SamplingParams
@@ -44,6 +45,14 @@ class EvalConfig(Config):
     batch_size: int = Field(default=32, ge=1)
     seed: int = 0
     out_path: str | None = None  # per-problem rows as JSONL
+    engine: Literal["torch", "llama_cpp"] = Field(
+        "torch",
+        description="torch: ownlm's sampler on the fp32 weights; llama_cpp: the GGUF on "
+        "llama-server, as the gateway serves it",
+    )
+    quantization: Quantization = Field("q8_0", description="engine llama_cpp: the GGUF type")
+    parallel_slots: int = Field(8, ge=1, description="engine llama_cpp: requests decoded at once")
+    threads: int | None = Field(None, ge=1, description="engine llama_cpp: default all cores")
 
 
 class EvalReport(BaseModel):
@@ -99,9 +108,17 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Ev
     """Evaluate cfg.model (or a model passed in) on n_problems of the env's split."""
     if cfg.split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got '{cfg.split}'")
-    if model is None or tokenizer is None:
-        model, tokenizer = load_model(cfg.model)
     env = make_env(cfg.env)
+    if cfg.engine == "llama_cpp":
+        if is_multi_turn(env):
+            raise ConfigError(
+                f"env {env.name} is multi-turn; engine llama_cpp evaluates single-turn envs "
+                "only, use engine 'torch'"
+            )
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg.model)
+    elif model is None or tokenizer is None:
+        model, tokenizer = load_model(cfg.model)
     tasks = env.tasks(cfg.split, cfg.n_problems)
     params = SamplingParams(
         max_new_tokens=cfg.max_new_tokens,
@@ -115,32 +132,33 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Ev
     if multi_turn:
         rows = _episode_rows(model, tokenizer, env, tasks, params, cfg)
     else:
-        for i in range(0, len(tasks), cfg.batch_size):
-            batch = tasks[i : i + cfg.batch_size]
-            prompts = [
-                encode_prompt(tokenizer, env.reset(t), enable_thinking=cfg.enable_thinking)
-                for t in batch
-            ]
-            out = sample_completions(model, tokenizer, prompts, 1, params)
-            lengths = out.completion_mask.sum(dim=1).tolist()
-            for j, task in enumerate(batch):
-                thought, answer = split_thinking(out.texts[j], thinking_open=cfg.enable_thinking)
-                score = env.score(task, answer)
-                rows.append(
-                    {
-                        "id": task.id,
-                        "question": task.question,
-                        "expected": task.answer,
-                        "completion": out.texts[j],
-                        "thought": thought,
-                        "extracted": score.extracted,
-                        "correct": score.correct,
-                        "well_formed": score.well_formed,
-                        "reward": score.reward,
-                        "completion_tokens": int(lengths[j]),
-                        "finish_reason": out.finish_reasons[j],
-                    }
-                )
+        prompts = [
+            encode_prompt(tokenizer, env.reset(t), enable_thinking=cfg.enable_thinking)
+            for t in tasks
+        ]
+        outs = (
+            _complete_on_llama_cpp(prompts, params, cfg)
+            if cfg.engine == "llama_cpp"
+            else _complete_on_torch(model, tokenizer, prompts, params, cfg.batch_size)
+        )
+        for task, (text, n_tokens, finish) in zip(tasks, outs, strict=True):
+            thought, answer = split_thinking(text, thinking_open=cfg.enable_thinking)
+            score = env.score(task, answer)
+            rows.append(
+                {
+                    "id": task.id,
+                    "question": task.question,
+                    "expected": task.answer,
+                    "completion": text,
+                    "thought": thought,
+                    "extracted": score.extracted,
+                    "correct": score.correct,
+                    "well_formed": score.well_formed,
+                    "reward": score.reward,
+                    "completion_tokens": n_tokens,
+                    "finish_reason": finish,
+                }
+            )
     time_s = time.perf_counter() - start
     n = len(rows)
     k = sum(r["correct"] for r in rows)
@@ -171,6 +189,32 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Ev
         rows_path=rows_path,
         **(_multi_turn_figures(rows) if multi_turn else {}),
     )
+
+
+def _complete_on_torch(
+    model: Any, tokenizer: Any, prompts: list[list[int]], params: SamplingParams, batch_size: int
+) -> list[tuple[str, int, str]]:
+    """(text, completion tokens, finish reason) per prompt from ownlm's sampler, in batches."""
+    outs: list[tuple[str, int, str]] = []
+    for i in range(0, len(prompts), batch_size):
+        out = sample_completions(model, tokenizer, prompts[i : i + batch_size], 1, params)
+        lengths = out.completion_mask.sum(dim=1).tolist()
+        outs += zip(out.texts, (int(n) for n in lengths), out.finish_reasons, strict=True)
+    return outs
+
+
+def _complete_on_llama_cpp(
+    prompts: list[list[int]], params: SamplingParams, cfg: EvalConfig
+) -> list[tuple[str, int, str]]:
+    """The same from the model's GGUF on a llama-server started for this eval."""
+    from ownlm.models.llama_cpp import LlamaServer, export_gguf
+    from ownlm.rollout.llama_cpp import complete_on_server
+
+    gguf = export_gguf(cfg.model, cfg.quantization)
+    slots = min(cfg.parallel_slots, len(prompts))
+    with LlamaServer(gguf, parallel_slots=slots, threads=cfg.threads) as server:
+        outs = complete_on_server(server.base_url, prompts, params, parallel=slots)
+    return [(o.text, o.completion_tokens, o.finish_reason) for o in outs]
 
 
 def _episode_rows(

@@ -24,11 +24,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from ownlm.config import Config
+from ownlm.models.llama_cpp import Quantization
 from ownlm.envs.reasoning_gym import ReasoningGymConfig
 from ownlm.envs.registry import EnvConfig
 from ownlm.errors import ConfigError
@@ -72,6 +73,12 @@ class GateConfig(Config):
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(32, ge=1)
     enable_thinking: bool = False
+    engine: Literal["torch", "llama_cpp"] = Field(
+        "llama_cpp",
+        description="how both models are evaluated: llama_cpp scores the GGUF the gateway "
+        "serves (own_engine), torch the fp32 weights on ownlm's sampler",
+    )
+    quantization: Quantization = Field("q8_0", description="engine llama_cpp: match own_engine's")
     store_url: str | None = Field(None, description="registry: resolves name@version, records")
     out_dir: str = "runs/gate"
     threads: int | None = None
@@ -178,6 +185,8 @@ def _rows_path(out_dir: Path, model: str, suite: Suite, cfg: GateConfig) -> Path
             suite.model_dump(mode="json"),
             cfg.max_new_tokens,
             cfg.enable_thinking,
+            cfg.engine,
+            cfg.quantization if cfg.engine == "llama_cpp" else None,
         ],
         sort_keys=True,
     )
@@ -196,7 +205,9 @@ def evaluate_model(model_path: str, suites: list[Suite], cfg: GateConfig) -> dic
     paths = {s.name: _rows_path(out_dir, model_path, s, cfg) for s in suites}
     todo = [s for s in suites if not paths[s.name].exists()]
     if todo:
-        model, tokenizer = load_model(model_path)
+        model, tokenizer = None, None
+        if cfg.engine == "torch":
+            model, tokenizer = load_model(model_path)
         for suite in todo:
             path = paths[suite.name]
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +220,9 @@ def evaluate_model(model_path: str, suites: list[Suite], cfg: GateConfig) -> dic
                 batch_size=cfg.batch_size,
                 enable_thinking=cfg.enable_thinking,
                 out_path=str(tmp),
+                engine=cfg.engine,
+                quantization=cfg.quantization,
+                threads=cfg.threads,
             )
             run_eval(ecfg, model=model, tokenizer=tokenizer)
             tmp.replace(path)  # complete rows only: a killed eval is redone, never half-read

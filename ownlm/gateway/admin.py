@@ -196,7 +196,7 @@ def routes(gw: Gateway) -> dict[tuple[str, str], Handler]:
         report_cfg = ReportConfig(
             store_url=cfg.store_url,
             own_models=[
-                n for n, m in cfg.models.items() if cfg.upstreams[m.upstream].kind == "local"
+                n for n, m in cfg.models.items() if cfg.upstreams[m.upstream].kind != "openai"
             ],
             prices={
                 n: ModelPrice(

@@ -26,7 +26,7 @@ from ownlm.gateway.asgi import (
 )
 from ownlm.gateway.auth import KeyRing
 from ownlm.gateway.cache import ReplyCache, cache_key
-from ownlm.gateway.config import GatewayConfig
+from ownlm.gateway.config import GatewayConfig, UpstreamConfig
 from ownlm.gateway.tracing import PendingTrace, request_labels
 from ownlm.gateway.upstream import (
     OpenAIHTTPUpstream,
@@ -57,13 +57,21 @@ def build_upstreams(cfg: GatewayConfig) -> dict[str, UpstreamClient]:
     """One client per configured upstream."""
     out: dict[str, UpstreamClient] = {}
     for name, up in cfg.upstreams.items():
-        if up.kind == "openai":
-            out[name] = OpenAIHTTPUpstream(name, up)
-        else:
-            from ownlm.gateway.local import LocalModelUpstream
-
-            out[name] = LocalModelUpstream(name, up)
+        out[name] = build_upstream(name, up)
     return out
+
+
+def build_upstream(name: str, up: UpstreamConfig) -> UpstreamClient:
+    """The client for one upstream config."""
+    if up.kind == "openai":
+        return OpenAIHTTPUpstream(name, up)
+    if up.kind == "llama_cpp":
+        from ownlm.gateway.engine import LlamaCppUpstream
+
+        return LlamaCppUpstream(name, up)
+    from ownlm.gateway.local import LocalModelUpstream
+
+    return LocalModelUpstream(name, up)
 
 
 class Gateway:
@@ -242,13 +250,20 @@ class Gateway:
         await send_json(send, 200, {"object": "list", "data": data})
 
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """GET /health: liveness plus the trace writer's counters."""
+        """GET /health: liveness, the trace writer's counters and the own-model engines."""
         w = self.writer
         stats = {"queued": 0, "written": 0, "dropped": 0, "failed": 0}
         if w is not None:
             stats = {"queued": w.queued, "written": w.written}
             stats.update(dropped=w.dropped, failed=w.failed)
-        await send_json(send, 200, {"status": "ok", "traces": stats})
+        engines = {
+            name: up.health() for name, up in self.upstreams.items() if hasattr(up, "health")
+        }
+        status = "ok" if all(e["alive"] for e in engines.values()) else "degraded"
+        body: dict[str, Any] = {"status": status, "traces": stats}
+        if engines:
+            body["engines"] = engines
+        await send_json(send, 200, body)
 
     # -- steps shared by the endpoints -------------------------------------------------------
 

@@ -11,13 +11,18 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ownlm.config import Config
+from ownlm.models.llama_cpp import Quantization
 from ownlm.router.policy import RouterConfig
 
 
 class UpstreamConfig(Config):
     """A server that answers chat requests."""
 
-    kind: Literal["openai", "local"] = "openai"
+    kind: Literal["openai", "llama_cpp", "local"] = Field(
+        "openai",
+        description="openai: an OpenAI-compatible URL; llama_cpp: an own model on a managed "
+        "llama-server; local: an own model on the in-process torch sampler",
+    )
     base_url: str = Field("", description="e.g. https://api.openai.com/v1 (kind openai)")
     api_key_env: str | None = Field(None, description="env var holding the upstream's API key")
     timeout_s: float = Field(60.0, gt=0, description="whole reply; for streams, between chunks")
@@ -25,7 +30,18 @@ class UpstreamConfig(Config):
     max_retries: int = Field(1, ge=0, description="extra tries on connect errors, 429 and 5xx")
     retry_backoff_s: float = Field(0.05, ge=0)
     max_connections: int = Field(1000, ge=1)
-    model_path: str | None = Field(None, description="kind local: model dir or 'smollm2'")
+    model_path: str | None = Field(
+        None, description="kinds llama_cpp and local: model dir, run dir, .gguf or 'smollm2-135m'"
+    )
+    quantization: Quantization = Field(
+        "q8_0", description="kind llama_cpp: GGUF type (f16, q8_0, q4_k_m…)"
+    )
+    parallel_slots: int = Field(
+        4, ge=1, description="kind llama_cpp: requests decoded together (continuous batching)"
+    )
+    context_tokens_per_slot: int = Field(2048, ge=64, description="kind llama_cpp")
+    threads: int | None = Field(None, ge=1, description="kind llama_cpp: default all cores")
+    start_timeout_s: float = Field(120.0, gt=0, description="kind llama_cpp: until healthy")
 
     @model_validator(mode="after")
     def _check_kind(self) -> UpstreamConfig:
@@ -80,6 +96,11 @@ class GatewayConfig(Config):
     deploy_refresh_s: float = Field(
         2.0, gt=0, description="how often the deployment log (ownlm promote) is read"
     )
+    own_engine: UpstreamConfig = Field(
+        default_factory=lambda: UpstreamConfig(kind="llama_cpp"),
+        description="how promoted own models are served: kind llama_cpp (default) or local; "
+        "model_path is filled in from the deployment",
+    )
     own_price_in_usd_per_mtok: float = Field(
         0.0, ge=0, description="price of deployed own models, for cost and savings reports"
     )
@@ -97,6 +118,8 @@ class GatewayConfig(Config):
             for fb in m.fallbacks:
                 if fb not in self.models or fb == name:
                     problems.append(f"models.{name}.fallbacks names '{fb}', not another model")
+        if self.own_engine.kind == "openai":
+            problems.append("own_engine.kind must be llama_cpp or local")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ownlm.errors import OwnlmError
-from ownlm.gateway.config import ModelConfig, UpstreamConfig
+from ownlm.gateway.config import ModelConfig
 from ownlm.router.deploy import decide_canary, experiment_name, routing_for
 from ownlm.router.policy import Router
 from ownlm.store.registry import Registry
@@ -43,7 +43,7 @@ async def follow_deployments(gw: Gateway) -> None:
 
 async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
     """Load the models the deployments need, then swap config and router."""
-    from ownlm.gateway.local import LocalModelUpstream
+    from ownlm.gateway.app import build_upstream
 
     upstreams = dict(gw.cfg.upstreams)
     models = dict(gw.cfg.models)
@@ -52,10 +52,10 @@ async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
             if variant in models:
                 continue
             up_name = f"own:{variant}"
-            up_cfg = UpstreamConfig(kind="local", model_path=path)
+            up_cfg = gw.cfg.own_engine.model_copy(update={"model_path": path})
             if up_name not in gw.upstreams:
-                client = LocalModelUpstream(up_name, up_cfg)
-                log.info("loading %s from %s for %s", variant, path, dep.alias)
+                client = build_upstream(up_name, up_cfg)
+                log.info("loading %s from %s for %s on %s", variant, path, dep.alias, up_cfg.kind)
                 await client.start()
                 gw.upstreams[up_name] = client
             upstreams[up_name] = up_cfg

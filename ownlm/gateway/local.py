@@ -28,7 +28,8 @@ from ownlm.gateway.wire import error_body
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
-def _bad_request(message: str, param: str | None = None) -> UpstreamResponse:
+def bad_request(message: str, param: str | None = None) -> UpstreamResponse:
+    """A 400 in the OpenAI error shape, as an upstream reply."""
     return UpstreamResponse(400, error_body(message, "invalid_request_error", param))
 
 
@@ -75,11 +76,11 @@ class LocalModelUpstream:
         pass
 
     async def embeddings(self, body: dict[str, Any]) -> UpstreamResponse:
-        return _bad_request(f"upstream {self.name} (local model) does not serve embeddings")
+        return bad_request(f"upstream {self.name} (local model) does not serve embeddings")
 
     async def chat(self, body: dict[str, Any], *, stream: bool) -> UpstreamResponse | _ReplayStream:
         if body.get("tools"):
-            return _bad_request(
+            return bad_request(
                 f"upstream {self.name} (local model) does not support tools; route tool calls "
                 "to another model",
                 "tools",
@@ -121,7 +122,7 @@ class LocalModelUpstream:
         body = bodies[0]  # all share the sampling settings (_batch_key)
         stop = body.get("stop")
         params = SamplingParams(
-            max_new_tokens=_max_tokens(body),
+            max_new_tokens=max_new_tokens(body),
             temperature=float(body.get("temperature", 1.0)),
             top_p=float(body.get("top_p", 1.0)),
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
@@ -159,7 +160,8 @@ class LocalModelUpstream:
         return results
 
 
-def _max_tokens(body: dict[str, Any]) -> int:
+def max_new_tokens(body: dict[str, Any]) -> int:
+    """The request's token cap (max_completion_tokens, then max_tokens, else the default)."""
     return int(
         body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_NEW_TOKENS
     )
@@ -170,7 +172,7 @@ def _batch_key(body: dict[str, Any]) -> tuple[Any, ...]:
     stop = body.get("stop")
     seed = body.get("seed") if isinstance(body.get("seed"), int) else None
     return (
-        _max_tokens(body),
+        max_new_tokens(body),
         float(body.get("temperature", 1.0)),
         float(body.get("top_p", 1.0)),
         (stop,) if isinstance(stop, str) else tuple(stop or ()),

@@ -219,3 +219,17 @@ def load_model(
         tokenizer = _load_tokenizer(path)
     model.eval()
     return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str = SMOLLM2_NAME) -> Any:
+    """The tokenizer of a model (name, HF dir, run dir or adapter dir) without its weights."""
+    path = resolve_model_dir(str(name_or_path))
+    if any(path.glob("tokenizer*")):
+        return _load_tokenizer(path)
+    if (path / "adapter_config.json").is_file():
+        try:
+            base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"{path / 'adapter_config.json'} is unreadable: {err}") from err
+        return load_tokenizer(str(base))
+    raise ModelLoadError(f"no tokenizer files in {path}; save the tokenizer with the model")

@@ -171,7 +171,7 @@ def collect_report(store: TraceStore, cfg: ReportConfig) -> Report:
         )
     notes: list[str] = []
     gateway = _read_gateway_models(cfg.gateway_config) if cfg.gateway_config else {}
-    own = set(cfg.own_models) | {n for n, m in gateway.items() if m["kind"] == "local"}
+    own = set(cfg.own_models) | {n for n, m in gateway.items() if m["kind"] != "openai"}
     own |= {v for dep in Registry(store).deployments() for v in dep.models}
     if not own:
         notes.append("no own model named: set own_models or gateway_config (a local upstream)")
