@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,12 @@ class DemoConfig(Config):
     strong_model: str = Field("gpt-4.1", description="the provider model the stand-in prices as")
     strong_price_in_usd_per_mtok: float = 2.0
     strong_price_out_usd_per_mtok: float = 8.0
+    strong_ttft_s: float = Field(
+        0.52, ge=0, description="the stand-in's time to first token (GPT-4.1, published)"
+    )
+    strong_output_tokens_per_s: float = Field(
+        89.0, gt=0, description="the stand-in's output speed (GPT-4.1, published)"
+    )
     value_per_success_usd: float = Field(0.0005, gt=0, description="what a right answer earns")
     baseline_requests: int = Field(400, ge=10, description="traffic before the own model exists")
     ab_requests: int = Field(400, ge=10, description="traffic during the canary's A/B test")
@@ -81,10 +88,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "ownlm demo: a zoology app starts as an API wrapper and ends up owning its model.\n"
         f"  The 'strong model' is a SCRIPTED STAND-IN for a paid API (it answers from the task's "
         f"solver),\n  billed at {cfg.strong_model}'s price (${cfg.strong_price_in_usd_per_mtok}/"
-        f"${cfg.strong_price_out_usd_per_mtok} per 1M input/output tokens)."
+        f"${cfg.strong_price_out_usd_per_mtok} per 1M input/output tokens) and answering with "
+        f"its published\n  latency ({cfg.strong_ttft_s} s to the first token, "
+        f"{cfg.strong_output_tokens_per_s:g} tokens/s)."
     )
     strong_port = _free_port()
-    with serve_strong_model(strong_port) as strong_url:
+    with serve_strong_model(
+        strong_port, ttft_s=cfg.strong_ttft_s, tokens_per_s=cfg.strong_output_tokens_per_s
+    ) as strong_url:
         gw_cfg = GatewayConfig.model_validate(
             {
                 "port": _free_port(),
@@ -246,6 +257,7 @@ def _traffic(
     tasks = env.tasks("train", n)
     users = user_schedule(n, cfg.questions_per_user, seed, phase)
     by_variant: dict[str, list[int]] = {}
+    seconds: dict[str, list[float]] = {}
     bar = tqdm(total=n, desc=f"  {phase} traffic", unit="req")
     lock = threading.Lock()
 
@@ -258,6 +270,7 @@ def _traffic(
         with lock:
             ok, total = by_variant.setdefault(out.variant, [0, 0])
             by_variant[out.variant] = [ok + out.correct, total + 1]
+            seconds.setdefault(out.variant, []).append(out.seconds)
             own = sum(t for v, (_, t) in by_variant.items() if v != cfg.strong_model)
             bar.set_postfix(own_share=f"{own / sum(t for _, t in by_variant.values()):.0%}")
             bar.update(1)
@@ -273,6 +286,7 @@ def _traffic(
         "own_share": own / total,
         "accuracy_by_model": {v: ok / t for v, (ok, t) in by_variant.items()},
         "requests_by_model": {v: t for v, (_, t) in by_variant.items()},
+        "p50_latency_s_by_model": {v: statistics.median(xs) for v, xs in seconds.items()},
     }
 
 
@@ -321,9 +335,10 @@ def _print_figures(f: dict[str, Any]) -> None:
         if phase in f:
             p = f[phase]
             acc = ", ".join(f"{v} {a:.2f}" for v, a in p["accuracy_by_model"].items())
+            lat = ", ".join(f"{v} {x:.2f} s" for v, x in p["p50_latency_s_by_model"].items())
             lines.append(
                 f"  {phase:>6}: {p['requests']} requests, own model share {p['own_share']:.0%}, "
-                f"accuracy {acc}"
+                f"accuracy {acc}; p50 latency {lat}"
             )
     if "canary_status" in f:
         weights = ", ".join(f"{a} {w:.2f}" for a, w in f["routing"].items())

@@ -5,10 +5,17 @@ solver — it parses the animals out of the question and writes the sum step by 
 capable model would — and says it cannot help with anything else. It exists so that the demo can
 run offline; the gateway bills it at a real provider's price (examples/flywheel_demo.yaml).
 Token counts in `usage` follow the ~4 characters per token rule of thumb.
+
+It answers with the latency of the model it is billed as: time to first token plus output tokens
+at that model's speed. The defaults are GPT-4.1's on OpenAI's API as measured by Artificial
+Analysis: 0.52 s to the first token, 89 output tokens/s (quoted in "GPT-4.1: reasoning",
+shadabchow.com/blogs/ai-models/gpt-4-1-reasoning, 2025; an OpenAI forum run with `tacho`,
+community.openai.com/t/inference-speed-of-different-models/1307310, measured 67.6 tokens/s).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -90,6 +97,17 @@ def completion(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# GPT-4.1 on OpenAI's API, Artificial Analysis (see the module docstring)
+GPT41_TTFT_S = 0.52
+GPT41_OUTPUT_TOKENS_PER_S = 89.0
+LATENCY = web.AppKey("latency", tuple)
+
+
+def standin_latency_s(completion_tokens: int, ttft_s: float, tokens_per_s: float) -> float:
+    """Seconds the billed model would take to answer: first token, then the rest at its speed."""
+    return ttft_s + max(0, completion_tokens - 1) / tokens_per_s
+
+
 async def _chat(request: web.Request) -> web.Response:
     body = await request.json()
     if body.get("stream"):
@@ -97,13 +115,21 @@ async def _chat(request: web.Request) -> web.Response:
             {"error": {"message": "the scripted stand-in does not stream", "type": "bad_request"}},
             status=400,
         )
-    return web.json_response(completion(str(body.get("model", "")), body.get("messages", [])))
+    reply = completion(str(body.get("model", "")), body.get("messages", []))
+    ttft_s, tokens_per_s = request.app[LATENCY]
+    await asyncio.sleep(
+        standin_latency_s(reply["usage"]["completion_tokens"], ttft_s, tokens_per_s)
+    )
+    return web.json_response(reply)
 
 
 @contextmanager
-def serve_strong_model(port: int) -> Iterator[str]:
+def serve_strong_model(
+    port: int, *, ttft_s: float = GPT41_TTFT_S, tokens_per_s: float = GPT41_OUTPUT_TOKENS_PER_S
+) -> Iterator[str]:
     """Run the stand-in on 127.0.0.1:port in a thread; yields its base URL (ending in /v1)."""
     app = web.Application()
+    app[LATENCY] = (ttft_s, tokens_per_s)
     app.router.add_post("/v1/chat/completions", _chat)
     with serve_in_thread(app, port) as url:
         yield url

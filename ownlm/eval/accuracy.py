@@ -18,11 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ownlm.config import Config
-from ownlm.models.llama_cpp import Quantization
 from ownlm.envs.base import is_multi_turn
 from ownlm.envs.registry import EnvConfig, env_field, make_env
 from ownlm.errors import ConfigError
 from ownlm.models.chat import encode_prompt, split_thinking
+from ownlm.models.llama_cpp import Quantization
 from ownlm.models.load import load_model, load_tokenizer
 from ownlm.rollout.episodes import run_episodes
 from ownlm.rollout.sampler import sample_completions

@@ -29,11 +29,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from ownlm.config import Config
-from ownlm.models.llama_cpp import Quantization
 from ownlm.envs.reasoning_gym import ReasoningGymConfig
 from ownlm.envs.registry import EnvConfig
 from ownlm.errors import ConfigError
 from ownlm.eval.accuracy import EvalConfig, diff_ci, run_eval, wilson_interval
+from ownlm.models.llama_cpp import Quantization
 from ownlm.models.load import load_model
 
 

@@ -33,6 +33,7 @@ from ownlm.gateway.upstream import UpstreamResponse, UpstreamUnavailable
 from ownlm.gateway.wire import error_body
 
 log = logging.getLogger("ownlm.gateway")
+CLOSE = {"Connection": "close"}
 
 
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +84,7 @@ class LlamaCppUpstream:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_read=self.cfg.timeout_s),
             connector=aiohttp.TCPConnector(limit=self.cfg.max_connections),
+            headers={"Content-Type": "application/json"},
         )
         self._ready = True
         self._supervisor = asyncio.create_task(self._supervise())
@@ -159,7 +161,9 @@ class LlamaCppUpstream:
         try:
             if stream:
                 req = completion_request(ids, **sampling, stream=True)
-                resp = await self._session.post(url, data=orjson.dumps(req))
+                # llama-server closes the connection after a stream (despite its Keep-Alive
+                # header): ask for that, so the pool never reuses a closed connection
+                resp = await self._session.post(url, data=orjson.dumps(req), headers=CLOSE)
                 if resp.status != 200:
                     async with resp:
                         return _engine_error(self.name, resp.status, await resp.read())

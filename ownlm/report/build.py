@@ -61,6 +61,9 @@ class ReportConfig(Config):
     )
     own_serving_usd_per_mtok: float = Field(0.0, ge=0, description="added to own-model traces")
     value_per_success_usd: float = Field(0.0, ge=0, description="value of a success with none")
+    value_per_failure_usd: float = Field(
+        0.0, le=0, description="value of a rated failure with none: what a wrong answer costs"
+    )
     success_min_score: float = Field(0.5, description="a score >= this is a success")
     bucket: Literal["auto", "minute", "hour", "day"] = "auto"
     since: datetime | None = Field(None, description="ISO time or unix seconds; naive = UTC")
@@ -181,7 +184,12 @@ def collect_report(store: TraceStore, cfg: ReportConfig) -> Report:
     reference = _pick_reference(cfg.reference_variant, prices, variants, set(gateway), notes)
     ref_in, ref_out = prices[reference] if reference is not None else (None, None)
     pricing = Pricing(
-        frozenset(own), cfg.value_per_success_usd, cfg.own_serving_usd_per_mtok, ref_in, ref_out
+        frozenset(own),
+        cfg.value_per_success_usd,
+        cfg.value_per_failure_usd,
+        cfg.own_serving_usd_per_mtok,
+        ref_in,
+        ref_out,
     )
     first = min(g.first_at for g in groups)
     last = max(g.last_at for g in groups)

@@ -2,7 +2,9 @@
 
 TFP (token factor productivity) = value produced / tokens consumed, where tokens = prompt +
 completion. The value of a trace is the feedback `value` when one was given (money), else
-`value_per_success_usd` when the trace succeeded (thumbs up, or score >= the threshold), else 0.
+`value_per_success_usd` when the trace succeeded (thumbs up, or score >= the threshold),
+`value_per_failure_usd` (zero or negative: what a wrong answer costs the app) when it was rated
+and failed, else 0. TFP is also given per dollar: value produced per USD of token spend.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Pricing:
 
     own_models: frozenset[str]  # variant or upstream names served by the own model
     value_per_success_usd: float = 0.0
+    value_per_failure_usd: float = 0.0  # <= 0
     own_serving_usd_per_mtok: float = 0.0
     reference_in_usd_per_mtok: float | None = None  # None: no reference, no savings
     reference_out_usd_per_mtok: float | None = None
@@ -44,7 +47,9 @@ class Figures:
     value_usd: float = 0.0
     own_requests: int = 0
     own_tokens: int = 0
-    tfp_usd_per_mtok: float | None = None
+    tfp_usd_per_mtok: float | None = None  # value per 1M tokens
+    value_per_usd: float | None = None  # value per USD of token spend ("$1 of tokens -> $X")
+    net_value_usd: float = 0.0  # value - cost
     successes_per_mtok: float | None = None
     success_rate: float | None = None  # successes / rated
     cost_per_success_usd: float | None = None
@@ -61,8 +66,13 @@ def is_own(row: UsageTotals, pricing: Pricing) -> bool:
 
 
 def row_value_usd(row: UsageTotals, pricing: Pricing) -> float:
-    """Values given in feedback plus the configured value of each success that gave none."""
-    return row.value_usd + pricing.value_per_success_usd * row.unvalued_successes
+    """Values given in feedback plus the configured values of successes and failures that gave
+    none."""
+    return (
+        row.value_usd
+        + pricing.value_per_success_usd * row.unvalued_successes
+        + pricing.value_per_failure_usd * row.unvalued_failures
+    )
 
 
 def row_cost_usd(row: UsageTotals, pricing: Pricing) -> float:
@@ -126,6 +136,8 @@ def figures_of(
         f.reference_cost_usd = ref_total
         f.savings_usd = ref_total - f.cost_usd
     f.tfp_usd_per_mtok = _ratio(f.value_usd * MTOK, f.tokens)
+    f.value_per_usd = _ratio(f.value_usd, f.cost_usd)
+    f.net_value_usd = f.value_usd - f.cost_usd
     f.successes_per_mtok = _ratio(f.successes * MTOK, f.tokens)
     f.success_rate = _ratio(f.successes, f.rated)
     f.cost_per_success_usd = _ratio(f.cost_usd, f.successes)

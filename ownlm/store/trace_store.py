@@ -81,6 +81,7 @@ class UsageTotals:
     unvalued_successes: int  # successes whose feedback gave no value
     first_at: float  # created_at of the first and last trace in the group
     last_at: float
+    unvalued_failures: int = 0  # rated traces that did not succeed and gave no value
 
 
 class TraceStore:
@@ -198,7 +199,8 @@ class TraceStore:
 
         A trace succeeds when any of its feedback rows is a thumbs up or has a score >=
         `success_min_score`; it is rated when any row has thumbs or a score. `value_usd` sums the
-        feedback `value`s given; `unvalued_successes` counts successes with no value given.
+        feedback `value`s given; `unvalued_successes` and `unvalued_failures` count rated traces
+        that succeeded or failed with no value given.
         """
         tr, fb = t.traces, t.feedback
         per_trace = (
@@ -221,6 +223,8 @@ class TraceStore:
         index = func.floor(scaled) if self.engine.dialect.name != "sqlite" else scaled
         bucket = (cast(index, Integer) * bucket_s).label("bucket")
         ok = func.coalesce(per_trace.c.ok, 0)
+        failed = case(((func.coalesce(per_trace.c.rated, 0) == 1) & (ok == 0), 1), else_=0)
+        unvalued = func.coalesce(per_trace.c.n_value, 0) == 0
         keys = (bucket, tr.c.variant, tr.c.alias, tr.c.upstream)
         query = (
             select(
@@ -233,9 +237,10 @@ class TraceStore:
                 func.sum(func.coalesce(per_trace.c.rated, 0)),
                 func.sum(ok),
                 func.coalesce(func.sum(per_trace.c.value), 0.0),
-                func.sum(case((func.coalesce(per_trace.c.n_value, 0) == 0, ok), else_=0)),
+                func.sum(case((unvalued, ok), else_=0)),
                 func.min(tr.c.created_at),
                 func.max(tr.c.created_at),
+                func.sum(case((unvalued, failed), else_=0)),
             )
             .select_from(tr.outerjoin(per_trace, per_trace.c.trace_id == tr.c.trace_id))
             .where(tr.c.endpoint == "chat.completions")
@@ -268,6 +273,7 @@ class TraceStore:
                 int(r[12]),
                 float(r[13]),
                 float(r[14]),
+                int(r[15]),
             )
             for r in rows
         ]
