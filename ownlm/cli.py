@@ -69,6 +69,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "convert_model",
         "convert the pip-shipped GGUF to a trainable safetensors dir",
     ),
+    "models export": (
+        "ownlm.models.gguf",
+        "ExportGGUFConfig",
+        "export_command",
+        "GGUF files (f16, q8_0, ...) and an Ollama Modelfile for llama.cpp and Ollama",
+    ),
     "serve": ("ownlm.gateway.server", "GatewayConfig", "serve", "OpenAI-compatible gateway"),
     "export": (
         "ownlm.data.export",

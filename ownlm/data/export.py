@@ -317,6 +317,9 @@ def export(cfg: ExportConfig) -> ExportSummary:
                         "alias": u.trace.alias,
                         "created_at": u.trace.created_at,
                         "tags": list(u.trace.tags),
+                        # what serves the app today: the gate scores it against the candidate
+                        "served_variant": u.trace.variant,
+                        "served_answer": u.answer.get("content") or "",
                     },
                 }
                 text = dedupe_text(messages)

@@ -49,6 +49,9 @@ class DemoConfig(Config):
         89.0, gt=0, description="the stand-in's output speed (GPT-4.1, published)"
     )
     value_per_success_usd: float = Field(0.0005, gt=0, description="what a right answer earns")
+    value_per_failure_usd: float = Field(
+        -0.0005, le=0, description="what a wrong answer costs the app (a user lost, a refund)"
+    )
     baseline_requests: int = Field(400, ge=10, description="traffic before the own model exists")
     ab_requests: int = Field(400, ge=10, description="traffic during the canary's A/B test")
     after_requests: int = Field(120, ge=0, description="traffic after the test decided")
@@ -181,7 +184,7 @@ def _story(
     figures["gate"] = {
         "promote": gate["promote"],
         "reasons": gate["reasons"],
-        **{k: gate["metrics"][k] for k in _GATE_KEYS},
+        **{k: gate["metrics"][k] for k in _GATE_KEYS if k in gate["metrics"]},
     }
     promoted_at = time.time()
 
@@ -215,6 +218,7 @@ def _story(
             gateway_config=str(work / "ownlm.yaml"),
             reference_variant="strong",
             value_per_success_usd=cfg.value_per_success_usd,
+            value_per_failure_usd=cfg.value_per_failure_usd,
             split_at=datetime.fromtimestamp(promoted_at, UTC),
             title="ownlm demo: a zoology app owns its model",
             out=str(work / "dashboard.html"),
@@ -246,6 +250,14 @@ _GATE_KEYS = (
     "general_diff",
     "general_diff_low",
     "general_diff_high",
+    "serving_domain",
+    "routed_domain",
+    "routed_diff",
+    "routed_diff_low",
+    "routed_diff_high",
+    "routed_own_share",
+    "routing_threshold",
+    "candidate_domain_check",
 )
 
 
@@ -303,6 +315,9 @@ def _report_figures(report: Any) -> dict[str, Any]:
             "own_request_share",
             "savings_usd",
             "reference_cost_usd",
+            "value_per_usd",
+            "tokens_per_request",
+            "latency_p50_ms",
         )
         out = {k: getattr(f, k) for k in keys}
         out["net_value_per_request_usd"] = (
@@ -348,12 +363,31 @@ def _print_figures(f: dict[str, Any]) -> None:
         if label in r:
             x = r[label]
             lines.append(
-                f"  {label:>6}: TFP {_num(x['tfp_usd_per_mtok'], '$/1M tok')}, cost per success "
+                f"  {label:>6}: TFP {_num(x['tfp_usd_per_mtok'], '$/1M tok')} "
+                f"(${_num(x['value_per_usd'], '', 1)} of value per $1 of tokens), "
+                f"{_num(x['tokens_per_request'], 'tokens/request', 0)}, p50 latency "
+                f"{_num((x['latency_p50_ms'] or 0) / 1000, 's', 2)}, cost per success "
                 f"{_num(x['cost_per_success_usd'], '$', 6)}, own share "
                 f"{_num(x['own_request_share'], '', 2)}, saved vs all-upstream "
                 f"{_num(x['savings_usd'], '$', 4)} of {_num(x['reference_cost_usd'], '$', 4)}, "
                 f"net value per request {_num(x['net_value_per_request_usd'], '$', 6)}"
             )
+    if "before" in r and "after" in r:
+        b, a = r["before"], r["after"]
+
+        def ratio(key: str) -> str:
+            return f"{a[key] / b[key]:.2f}x" if a.get(key) and b.get(key) else "n/a"
+
+        cps = (
+            f"{a['cost_per_success_usd'] / b['cost_per_success_usd']:.0%}"
+            if a.get("cost_per_success_usd") and b.get("cost_per_success_usd")
+            else "n/a"
+        )
+        lines.append(
+            f"  after vs before: TFP (value per token) {ratio('tfp_usd_per_mtok')}, value per $ of "
+            f"tokens {ratio('value_per_usd')}, cost per success {cps} of before, success "
+            f"{_num(a['success_rate'], '', 3)} vs {_num(b['success_rate'], '', 3)}"
+        )
     lines.append(f"  dashboard: {f['dashboard']}")
     _say("\n".join(lines))
 

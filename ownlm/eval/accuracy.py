@@ -141,7 +141,7 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Ev
             if cfg.engine == "llama_cpp"
             else _complete_on_torch(model, tokenizer, prompts, params, cfg.batch_size)
         )
-        for task, (text, n_tokens, finish) in zip(tasks, outs, strict=True):
+        for task, (text, n_tokens, finish, confidence) in zip(tasks, outs, strict=True):
             thought, answer = split_thinking(text, thinking_open=cfg.enable_thinking)
             score = env.score(task, answer)
             rows.append(
@@ -157,6 +157,7 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Ev
                     "reward": score.reward,
                     "completion_tokens": n_tokens,
                     "finish_reason": finish,
+                    "confidence": confidence,
                 }
             )
     time_s = time.perf_counter() - start
@@ -193,28 +194,36 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Ev
 
 def _complete_on_torch(
     model: Any, tokenizer: Any, prompts: list[list[int]], params: SamplingParams, batch_size: int
-) -> list[tuple[str, int, str]]:
-    """(text, completion tokens, finish reason) per prompt from ownlm's sampler, in batches."""
-    outs: list[tuple[str, int, str]] = []
+) -> list[tuple[str, int, str, float | None]]:
+    """(text, completion tokens, finish reason, None) per prompt from ownlm's sampler."""
+    outs: list[tuple[str, int, str, float | None]] = []
     for i in range(0, len(prompts), batch_size):
         out = sample_completions(model, tokenizer, prompts[i : i + batch_size], 1, params)
         lengths = out.completion_mask.sum(dim=1).tolist()
-        outs += zip(out.texts, (int(n) for n in lengths), out.finish_reasons, strict=True)
+        outs += [
+            (text, int(n), finish, None)
+            for text, n, finish in zip(out.texts, lengths, out.finish_reasons, strict=True)
+        ]
     return outs
 
 
 def _complete_on_llama_cpp(
     prompts: list[list[int]], params: SamplingParams, cfg: EvalConfig
-) -> list[tuple[str, int, str]]:
-    """The same from the model's GGUF on a llama-server started for this eval."""
-    from ownlm.models.llama_cpp import LlamaServer, export_gguf
+) -> list[tuple[str, int, str, float | None]]:
+    """The same from the model's GGUF on a llama-server started for this eval, with the
+    answer's confidence (what the gateway's escalation reads)."""
+
+    from ownlm.models.llama_cpp import LlamaServer, answer_confidence, export_gguf
     from ownlm.rollout.llama_cpp import complete_on_server
 
     gguf = export_gguf(cfg.model, cfg.quantization)
     slots = min(cfg.parallel_slots, len(prompts))
     with LlamaServer(gguf, parallel_slots=slots, threads=cfg.threads) as server:
         outs = complete_on_server(server.base_url, prompts, params, parallel=slots)
-    return [(o.text, o.completion_tokens, o.finish_reason) for o in outs]
+    return [
+        (o.text, o.completion_tokens, o.finish_reason, answer_confidence(o.token_logprobs))
+        for o in outs
+    ]
 
 
 def _episode_rows(

@@ -10,7 +10,15 @@ tasks by default). The rules, thresholds in config (defaults from DESIGN.md):
 2. with require_significant_gain, the gain's paired 95% CI lies above zero;
 3. general loss (incumbent - candidate accuracy, pooled over the general suites) <= max_general_loss
    (default 2 points), judged on the point estimate: its CI is reported, but at the suite sizes a
-   CPU can afford (~100 problems) the CI of a loss is +-8 points and could never be held under 2.
+   CPU can afford (~100 problems) the CI of a loss is +-8 points and could never be held under 2;
+4. (routing, on by default) against what serves the app *now*: the answers in the traces (the
+   paid API's, exported with the domain prompts) are scored with the app's verifier. On a fixed
+   part of the domain problems the confidence threshold is calibrated (ownlm/eval/routing.py:
+   the own model answers when sure, today's model the rest); on the other part the routed system
+   must score at least today's accuracy - max_quality_loss (default 2 points; point estimate,
+   paired CI reported) with some traffic left on the own model. The threshold goes into the
+   registry with the decision, and `ownlm promote` serves the canary with it. Both models are
+   evaluated as they will be served (engine llama_cpp: the GGUF on llama-server).
 
 The decision, every figure and one line per rule are written to out_dir/decision.json and, with
 a store, recorded in the registry (the version's status becomes approved or rejected). Each
@@ -30,9 +38,15 @@ from pydantic import BaseModel, Field, model_validator
 
 from ownlm.config import Config
 from ownlm.envs.reasoning_gym import ReasoningGymConfig
-from ownlm.envs.registry import EnvConfig
+from ownlm.envs.registry import EnvConfig, make_env
 from ownlm.errors import ConfigError
 from ownlm.eval.accuracy import EvalConfig, diff_ci, run_eval, wilson_interval
+from ownlm.eval.routing import (
+    MIN_CALIBRATION_ROWS,
+    RoutingRow,
+    calibrate_threshold,
+    routed_outcomes,
+)
 from ownlm.models.llama_cpp import Quantization
 from ownlm.models.load import load_model
 
@@ -60,6 +74,18 @@ def default_general_suites() -> list[Suite]:
     ]
 
 
+class RoutingRule(Config):
+    """Rule 4: the routed system must keep the app's quality (see the module docstring)."""
+
+    max_quality_loss: float = Field(
+        0.02, ge=0.0, le=1.0, description="routed domain accuracy >= today's - this (0.02: 2 pt)"
+    )
+    calibration_fraction: float = Field(
+        0.5, gt=0.0, lt=1.0, description="share of domain problems the threshold is chosen on"
+    )
+    min_calibration_rows: int = Field(MIN_CALIBRATION_ROWS, ge=1)
+
+
 class GateConfig(Config):
     """Which models, which suites, which thresholds."""
 
@@ -79,6 +105,10 @@ class GateConfig(Config):
         "serves (own_engine), torch the fp32 weights on ownlm's sampler",
     )
     quantization: Quantization = Field("q8_0", description="engine llama_cpp: match own_engine's")
+    routing: RoutingRule | None = Field(
+        default_factory=RoutingRule,
+        description="compare the routed system with what serves the app today; null: skip",
+    )
     store_url: str | None = Field(None, description="registry: resolves name@version, records")
     out_dir: str = "runs/gate"
     threads: int | None = None
@@ -266,6 +296,11 @@ def run_gate(cfg: GateConfig) -> GateResult:
             low,
             high,
         )
+    if cfg.routing is not None:
+        ok, lines, routing_metrics = routing_rule(cfg, cand_rows[cfg.domain.name])
+        promote = promote and ok
+        reasons += lines
+        metrics.update(routing_metrics)
     result = GateResult(
         promote=promote,
         reasons=reasons,
@@ -287,6 +322,88 @@ def run_gate(cfg: GateConfig) -> GateResult:
             GateDecision(cand_ref[0], cand_ref[1], cfg.incumbent, promote, reasons, metrics)
         )
     return result
+
+
+def _is_calibration(problem_id: str, fraction: float) -> bool:
+    """A fixed split of problems by a hash of the id: the same in every run."""
+    h = int(hashlib.sha256(problem_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return h < fraction
+
+
+def routing_rule(cfg: GateConfig, cand_rows: Path) -> tuple[bool, list[str], dict[str, float]]:
+    """Calibrate the confidence threshold on part of the domain problems; on the rest, compare
+    the routed system (candidate when sure, today's answer otherwise) with today's answers."""
+    assert cfg.routing is not None
+    rule = cfg.routing
+    env = make_env(cfg.domain.env)
+    tasks = {t.id: t for t in env.tasks("test", cfg.domain.n_problems)}
+    rows = [json.loads(line) for line in cand_rows.read_text().splitlines() if line.strip()]
+    if any(r.get("confidence") is None for r in rows):
+        return False, [
+            "FAIL: routing: the candidate's rows have no confidences; evaluate with engine "
+            "llama_cpp (the engine the gateway escalates on), or set routing: null"
+        ], {}  # fmt: skip
+    served = {
+        i: env.score(t, str(t.metadata["served_answer"])).correct
+        for i, t in tasks.items()
+        if "served_answer" in t.metadata
+    }
+    if not served:
+        return False, [
+            "FAIL: routing: the domain suite holds no answers of what serves the app today; "
+            "export its traces with `ownlm export` (rl rows keep the served answer), or set "
+            "routing: null"
+        ], {}  # fmt: skip
+    by_part: dict[bool, list[RoutingRow]] = {True: [], False: []}
+    for r in rows:
+        if r["id"] in served:
+            row = RoutingRow(float(r["confidence"]), bool(r["correct"]), served[r["id"]])
+            by_part[_is_calibration(r["id"], rule.calibration_fraction)].append(row)
+    try:
+        cal = calibrate_threshold(
+            by_part[True],
+            max_quality_loss=rule.max_quality_loss,
+            min_rows=rule.min_calibration_rows,
+        )
+    except ConfigError as err:
+        return False, [f"FAIL: routing: {err}"], {}
+    check = by_part[False]
+    if not check:
+        return False, ["FAIL: routing: no domain problems left to check the threshold on"], {}
+    routed = routed_outcomes(check, cal.threshold)
+    today = [r.served_correct for r in check]
+    n = len(check)
+    acc_t, acc_r = sum(today) / n, sum(routed) / n
+    diff, low, high = diff_ci(acc_t, n, acc_r, n, paired=(today, routed))
+    share = sum(r.confidence >= cal.threshold for r in check) / n
+    metrics = {
+        "routing_threshold": cal.threshold,
+        "routing_calibration_rows": float(cal.rows),
+        "routing_check_rows": float(n),
+        "serving_domain": acc_t,
+        "routed_domain": acc_r,
+        "routed_diff": diff,
+        "routed_diff_low": low,
+        "routed_diff_high": high,
+        "routed_own_share": share,
+        "candidate_domain_check": sum(r.own_correct for r in check) / n,
+    }
+    kept = acc_r >= acc_t - rule.max_quality_loss - 1e-12
+    lines = [
+        ("pass: " if kept else "FAIL: ")
+        + f"routed domain {acc_r:.3f} vs today's {acc_t:.3f} ({diff:+.3f}, 95% CI {low:+.3f} to "
+        f"{high:+.3f}) {'>=' if kept else '<'} today's - {rule.max_quality_loss:.3f}, on {n} "
+        f"problems the threshold was not chosen on (own model answers {share:.0%} of them, "
+        f"confidence >= {cal.threshold:.3f})"
+    ]
+    if cal.own_share == 0.0:
+        lines.append(
+            f"FAIL: routing: no threshold keeps the quality floor with any traffic on the own "
+            f"model (alone it scores {cal.own_accuracy:.3f} vs today's {cal.served_accuracy:.3f} "
+            f"on {cal.rows} calibration problems); train it further"
+        )
+        kept = False
+    return kept, lines, metrics
 
 
 def print_result(result: GateResult) -> None:

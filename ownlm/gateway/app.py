@@ -12,6 +12,8 @@ import logging
 import time
 from typing import Any
 
+import orjson
+
 from ownlm.errors import StoreError
 from ownlm.gateway import admin, deployments
 from ownlm.gateway.asgi import (
@@ -27,6 +29,7 @@ from ownlm.gateway.asgi import (
 from ownlm.gateway.auth import KeyRing
 from ownlm.gateway.cache import ReplyCache, cache_key
 from ownlm.gateway.config import GatewayConfig, UpstreamConfig
+from ownlm.gateway.local import ReplayStream, completion_sse
 from ownlm.gateway.tracing import PendingTrace, request_labels
 from ownlm.gateway.upstream import (
     OpenAIHTTPUpstream,
@@ -43,6 +46,7 @@ from ownlm.gateway.wire import (
     parse_json_object,
     prompt_text,
 )
+from ownlm.models.llama_cpp import answer_confidence
 from ownlm.router.policy import Decision, Router, RouteRequest
 from ownlm.store.registry import Registry
 from ownlm.store.trace_store import TraceStore, UnknownTraceError
@@ -157,7 +161,10 @@ class Gateway:
                 forward = {**body, "stream_options": {**(opts or {}), "include_usage": True}}
                 hide_usage = UsageEventFilter()
         try:
-            reply = await self.call_upstream(decision.variant, forward, stream, trace)
+            if self.cfg.models[decision.variant].escalate is not None:
+                reply = await self.call_escalating(decision.variant, forward, stream, trace)
+            else:
+                reply = await self.call_upstream(decision.variant, forward, stream, trace)
         except UpstreamUnavailable as err:
             trace.finish(err.status, b"", error=err.message)
             self.record(trace)
@@ -331,6 +338,41 @@ class Gateway:
             raise last
         assert last is not None
         return last
+
+    async def call_escalating(
+        self, variant: str, body: dict[str, Any], stream: bool, trace: PendingTrace
+    ) -> UpstreamResponse | UpstreamStream:
+        """The own model answers whole, with logprobs; an answer below the variant's confidence
+        floor (or a failed call) is dropped and the escalation model answers instead."""
+        esc = self.cfg.models[variant].escalate
+        assert esc is not None
+        own_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        own_body["logprobs"] = True
+        confidence = 0.0
+        try:
+            reply = await self.call_upstream(variant, own_body, False, trace)
+        except UpstreamUnavailable as err:
+            reply = UpstreamResponse(err.status, b"")
+        if isinstance(reply, UpstreamResponse) and reply.status == 200:
+            completion = orjson.loads(reply.body)
+            choice = completion["choices"][0]
+            lps = [t["logprob"] for t in (choice.get("logprobs") or {}).get("content") or []]
+            confidence = answer_confidence(lps)
+            if confidence >= esc.min_confidence:
+                trace.route_note = f"; own confidence {confidence:.3f} >= {esc.min_confidence:.3f}"
+                if not body.get("logprobs"):
+                    for ch in completion["choices"]:
+                        ch.pop("logprobs", None)
+                if stream:
+                    return ReplayStream(completion_sse(completion, body))
+                return UpstreamResponse(200, orjson.dumps(completion))
+            tokens = completion.get("usage", {}).get("total_tokens", 0)
+            trace.metadata = {**trace.metadata, "own_attempt_tokens": str(tokens)}
+        trace.route_note = (
+            f"; escalated to {esc.to}: own confidence {confidence:.3f} < {esc.min_confidence:.3f}"
+        )
+        trace.metadata = {**trace.metadata, "escalated_from": variant}
+        return await self.call_upstream(esc.to, body, stream, trace)
 
     def record(self, trace: PendingTrace) -> None:
         assert self.writer is not None

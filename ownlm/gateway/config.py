@@ -50,6 +50,18 @@ class UpstreamConfig(Config):
         return self
 
 
+class EscalateConfig(Config):
+    """Quality-preserving routing: an unsure own model hands the request to another model."""
+
+    to: str = Field(description="the model that answers when the own model is unsure")
+    min_confidence: float = Field(
+        ge=0.0,
+        le=2.0,
+        description="the own model keeps answers whose confidence (geometric-mean token "
+        "probability) is at least this; calibrated by the gate; above 1: never",
+    )
+
+
 class ModelConfig(Config):
     """A model name clients may send and the router may pick (a variant)."""
 
@@ -59,6 +71,9 @@ class ModelConfig(Config):
     cache: bool = Field(False, description="exact-match cache for every request to this model")
     price_in_usd_per_mtok: float = Field(0.0, ge=0)
     price_out_usd_per_mtok: float = Field(0.0, ge=0)
+    escalate: EscalateConfig | None = Field(
+        None, description="own models on llama_cpp: send unsure answers' requests elsewhere"
+    )
 
 
 class KeyConfig(Config):
@@ -118,6 +133,19 @@ class GatewayConfig(Config):
             for fb in m.fallbacks:
                 if fb not in self.models or fb == name:
                     problems.append(f"models.{name}.fallbacks names '{fb}', not another model")
+            if m.escalate is not None:
+                if m.escalate.to not in self.models or m.escalate.to == name:
+                    problems.append(
+                        f"models.{name}.escalate.to names '{m.escalate.to}', not another model"
+                    )
+                elif (
+                    m.upstream in self.upstreams and self.upstreams[m.upstream].kind != "llama_cpp"
+                ):
+                    problems.append(
+                        f"models.{name}.escalate needs a kind llama_cpp upstream (it reads the "
+                        f"answer's token log-probabilities); '{m.upstream}' is "
+                        f"{self.upstreams[m.upstream].kind}"
+                    )
         if self.own_engine.kind == "openai":
             problems.append("own_engine.kind must be llama_cpp or local")
         if problems:

@@ -59,11 +59,19 @@ async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
                 await client.start()
                 gw.upstreams[up_name] = client
             upstreams[up_name] = up_cfg
+            escalate = (dep.escalations or {}).get(variant)
+            if escalate is not None and up_cfg.kind != "llama_cpp":
+                log.warning(
+                    "%s: own_engine kind %s cannot read confidences; serving without "
+                    "escalation", variant, up_cfg.kind,
+                )  # fmt: skip
+                escalate = None
             models[variant] = ModelConfig(
                 upstream=up_name,
                 model=variant,
                 price_in_usd_per_mtok=gw.cfg.own_price_in_usd_per_mtok,
                 price_out_usd_per_mtok=gw.cfg.own_price_out_usd_per_mtok,
+                escalate=escalate,
             )
     unknown = {a for d in live.values() for a in d.arms if a not in models}
     if unknown:

@@ -31,6 +31,14 @@ from ownlm.gateway.config import UpstreamConfig
 from ownlm.gateway.local import bad_request, max_new_tokens
 from ownlm.gateway.upstream import UpstreamResponse, UpstreamUnavailable
 from ownlm.gateway.wire import error_body
+from ownlm.models.chat import encode_prompt
+from ownlm.models.llama_cpp import (
+    LlamaServer,
+    completion_request,
+    export_gguf,
+    finish_reason,
+    openai_logprobs,
+)
 
 log = logging.getLogger("ownlm.gateway")
 CLOSE = {"Connection": "close"}
@@ -39,12 +47,14 @@ CLOSE = {"Connection": "close"}
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop")
     seed = body.get("seed")
+    top = body.get("top_logprobs")
     return {
         "max_new_tokens": max_new_tokens(body),
         "temperature": float(body.get("temperature", 1.0)),
         "top_p": float(body.get("top_p", 1.0)),
         "stop": (stop,) if isinstance(stop, str) else tuple(stop or ()),
         "seed": seed if isinstance(seed, int) else None,
+        "top_logprobs": (int(top) if isinstance(top, int) else 0) if body.get("logprobs") else None,
     }
 
 
@@ -64,7 +74,6 @@ class LlamaCppUpstream:
         self._ready = False  # started and healthy; False while restarting
 
     async def start(self) -> None:
-        from ownlm.models.llama_cpp import LlamaServer, export_gguf
         from ownlm.models.load import SMOLLM2_NAME, load_tokenizer
 
         path = self.cfg.model_path or SMOLLM2_NAME
@@ -130,9 +139,6 @@ class LlamaCppUpstream:
         return bad_request(f"upstream {self.name} (own model) does not serve embeddings")
 
     async def chat(self, body: dict[str, Any], *, stream: bool) -> Any:
-        from ownlm.models.chat import encode_prompt
-        from ownlm.models.llama_cpp import completion_request
-
         if body.get("tools"):
             return bad_request(
                 f"upstream {self.name} (own model) does not support tools; route tool calls "
@@ -142,6 +148,8 @@ class LlamaCppUpstream:
         n = int(body.get("n") or 1)
         if stream and n > 1:
             return bad_request(f"upstream {self.name} streams one choice; send n=1", "n")
+        if stream and body.get("logprobs"):
+            return bad_request(f"upstream {self.name} gives logprobs on whole replies", "logprobs")
         if not self._ready or not self.server.alive():
             return UpstreamResponse(
                 503,
@@ -192,6 +200,11 @@ class LlamaCppUpstream:
                     "index": i,
                     "message": {"role": "assistant", "content": r.get("content", "")},
                     "finish_reason": _finish(r),
+                    **(
+                        {"logprobs": openai_logprobs(r, sampling["top_logprobs"])}
+                        if sampling["top_logprobs"] is not None
+                        else {}
+                    ),
                 }
                 for i, (_, r) in enumerate(replies)
             ],
@@ -206,8 +219,6 @@ class LlamaCppUpstream:
     async def _complete(
         self, url: str, ids: list[int], sampling: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
-        from ownlm.models.llama_cpp import completion_request
-
         assert self._session is not None
         req = completion_request(ids, **sampling)
         async with self._session.post(url, data=orjson.dumps(req)) as resp:
@@ -224,8 +235,6 @@ def _nth_seed(sampling: dict[str, Any], i: int) -> int | None:
 
 
 def _finish(reply: dict[str, Any]) -> str:
-    from ownlm.models.llama_cpp import finish_reason
-
     return finish_reason(reply.get("stop_type"))
 
 

@@ -33,7 +33,7 @@ def bad_request(message: str, param: str | None = None) -> UpstreamResponse:
     return UpstreamResponse(400, error_body(message, "invalid_request_error", param))
 
 
-class _ReplayStream:
+class ReplayStream:
     """SSE events of a finished completion, as an UpstreamStream."""
 
     def __init__(self, events: list[bytes]) -> None:
@@ -78,7 +78,7 @@ class LocalModelUpstream:
     async def embeddings(self, body: dict[str, Any]) -> UpstreamResponse:
         return bad_request(f"upstream {self.name} (local model) does not serve embeddings")
 
-    async def chat(self, body: dict[str, Any], *, stream: bool) -> UpstreamResponse | _ReplayStream:
+    async def chat(self, body: dict[str, Any], *, stream: bool) -> UpstreamResponse | ReplayStream:
         if body.get("tools"):
             return bad_request(
                 f"upstream {self.name} (local model) does not support tools; route tool calls "
@@ -92,7 +92,7 @@ class LocalModelUpstream:
         completion = await future
         if not stream:
             return UpstreamResponse(200, orjson.dumps(completion))
-        return _ReplayStream(_as_sse(completion, body))
+        return ReplayStream(completion_sse(completion, body))
 
     async def _drain(self) -> None:
         """Run waiting requests, a batch of same-settings requests at a time, until none wait."""
@@ -181,7 +181,8 @@ def _batch_key(body: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _as_sse(completion: dict[str, Any], body: dict[str, Any]) -> list[bytes]:
+def completion_sse(completion: dict[str, Any], body: dict[str, Any]) -> list[bytes]:
+    """A finished chat.completion as the SSE events of a stream (usage if the body asks)."""
     head = {k: completion[k] for k in ("id", "created", "model")}
     head["object"] = "chat.completion.chunk"
     events = []

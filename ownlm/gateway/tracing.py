@@ -103,6 +103,7 @@ class PendingTrace:
         self.reply: bytes | list[bytes] = b""
         self.error: str | None = None
         self.cache_hit = False
+        self.route_note = ""  # appended to the router's reason (e.g. an escalation)
 
     def finish(
         self,
@@ -164,7 +165,7 @@ class PendingTrace:
             metadata=self.metadata,
             key_id=self.key_id,
             cache_hit=self.cache_hit,
-            reason=d.reason,
+            reason=d.reason + self.route_note,
             experiment=d.experiment,
             arm=d.arm,
         )

@@ -18,6 +18,7 @@ llama.cpp's or Ollama's chat endpoint prompts the model as the gate saw it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -27,6 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -299,6 +301,7 @@ def completion_request(
     stop: tuple[str, ...] = (),
     seed: int | None = None,
     stream: bool = False,
+    top_logprobs: int | None = None,
 ) -> dict[str, Any]:
     """A llama-server /completion body that samples like ownlm's sampler.
 
@@ -323,9 +326,41 @@ def completion_request(
     }
     if seed is not None:
         body["seed"] = seed
+    if top_logprobs is not None:  # per-token log-probabilities, from the raw logits' softmax
+        body["n_probs"] = max(1, top_logprobs)
     return body
+
+
+def openai_logprobs(reply: dict[str, Any], top_logprobs: int) -> dict[str, Any]:
+    """llama-server's `completion_probabilities` as an OpenAI choice's `logprobs` object."""
+    content = []
+    for p in reply.get("completion_probabilities") or []:
+        content.append(
+            {
+                "token": p.get("token", ""),
+                "logprob": float(p.get("logprob", 0.0)),
+                "bytes": p.get("bytes"),
+                "top_logprobs": [
+                    {"token": t.get("token", ""), "logprob": float(t.get("logprob", 0.0)),
+                     "bytes": t.get("bytes")}
+                    for t in (p.get("top_logprobs") or [])[:top_logprobs]
+                ],
+            }
+        )  # fmt: skip
+    return {"content": content}
 
 
 def finish_reason(stop_type: str | None) -> str:
     """OpenAI's finish_reason for llama-server's stop_type."""
     return "length" if stop_type == "limit" else "stop"
+
+
+def answer_confidence(token_logprobs: Sequence[float]) -> float:
+    """exp(mean log-probability) of an answer's tokens: 1.0 for a certain answer, 0 for none.
+
+    The one definition of the own model's confidence: the gate calibrates on it and the gateway
+    escalates on it.
+    """
+    if not token_logprobs:
+        return 0.0
+    return math.exp(sum(token_logprobs) / len(token_logprobs))

@@ -28,6 +28,7 @@ class EngineCompletion:
     text: str
     completion_tokens: int
     finish_reason: str  # "stop" or "length"
+    token_logprobs: tuple[float, ...] = ()  # of the sampled tokens, from the raw logits
 
 
 def complete_on_server(
@@ -54,6 +55,7 @@ def complete_on_server(
             top_p=params.top_p,
             stop=tuple(params.stop),
             seed=seed,
+            top_logprobs=1,
         )
         req = urllib.request.Request(
             base_url + "/completion",
@@ -73,6 +75,7 @@ def complete_on_server(
             reply.get("content", ""),
             int(reply.get("tokens_predicted", 0)),
             finish_reason(reply.get("stop_type")),
+            tuple(float(p["logprob"]) for p in reply.get("completion_probabilities") or []),
         )
 
     with ThreadPoolExecutor(max(1, parallel)) as pool:

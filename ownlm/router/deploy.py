@@ -38,6 +38,7 @@ class CanaryTest(Config):
     min_feedback_per_arm: int = Field(100, ge=1)
     min_exploration: float = Field(0.05, ge=0.0, lt=0.5)
     cost_penalty_per_usd: float = Field(0.0, ge=0.0)
+    failure_penalty: float = Field(0.0, ge=0.0, description="metric success_rate")
 
 
 class PromoteConfig(Config):
@@ -52,6 +53,11 @@ class PromoteConfig(Config):
     canary_weight: float = Field(0.1, gt=0.0, lt=1.0, description="share of traffic to start")
     test: CanaryTest = Field(default_factory=CanaryTest)
     force: bool = Field(False, description="promote even if the gate did not approve it")
+    escalate: bool = Field(
+        True,
+        description="serve the canary with the confidence routing its gate calibrated: it "
+        "answers when sure, the incumbent answers the rest",
+    )
 
 
 class RollbackConfig(Config):
@@ -94,6 +100,12 @@ def promote(cfg: PromoteConfig) -> Deployment:
         raise ConfigError(f"{canary} already serves {cfg.alias!r}; promote a newer version")
     models = {a: p for a, p in live.models.items() if a == incumbent}
     models[canary] = mv.path
+    escalations = None
+    if cfg.escalate:
+        gated = [d for d in reg.gate_decisions(mv.name) if d.version == mv.version]
+        threshold = gated[-1].metrics.get("routing_threshold") if gated else None
+        if threshold is not None:
+            escalations = {canary: {"to": incumbent, "min_confidence": float(threshold)}}
     dep = reg.deploy(
         Deployment(
             alias=cfg.alias,
@@ -102,7 +114,14 @@ def promote(cfg: PromoteConfig) -> Deployment:
             canary=canary,
             models=models,
             experiment=cfg.test.model_dump(),
-            reason=f"canary {mv.name}@{mv.version} at {cfg.canary_weight:.0%} vs {incumbent}",
+            reason=f"canary {mv.name}@{mv.version} at {cfg.canary_weight:.0%} vs {incumbent}"
+            + (
+                f", escalating to {incumbent} below confidence "
+                f"{escalations[canary]['min_confidence']:.3f}"
+                if escalations
+                else ""
+            ),
+            escalations=escalations,
         )
     )
     reg.set_status(mv.name, mv.version, "canary")

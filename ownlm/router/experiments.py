@@ -49,6 +49,12 @@ class ExperimentConfig(Config):
     cost_penalty_per_usd: float = Field(
         default=0.0, ge=0.0, description="reward units subtracted per USD of mean cost per trace"
     )
+    failure_penalty: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="metric success_rate: a failure scores -this (a success 1), so a wrong "
+        "answer costs the app what it does (e.g. 1: as much as a right one earns)",
+    )
 
     @model_validator(mode="after")
     def _check_arms(self) -> ExperimentConfig:
@@ -101,14 +107,21 @@ def msprt_p_value(diff: float, var: float, effect_sd: float) -> float:
     return 1.0 if log_lam <= 0.0 else math.exp(-log_lam)
 
 
-def _arm_moments(s: ArmStats, metric: str) -> tuple[int, float, float]:
-    """(n, mean, variance of one observation) of an arm's reward."""
+def _arm_moments(
+    s: ArmStats, metric: str, failure_penalty: float = 0.0
+) -> tuple[int, float, float]:
+    """(n, mean, variance of one observation) of an arm's reward.
+
+    success_rate: a success scores 1 and a failure -failure_penalty, so the mean is
+    p (1 + f) - f and the variance (1 + f)^2 p (1 - p).
+    """
     if metric == "success_rate":
         n = s.successes + s.failures
         if n == 0:
             return 0, 0.0, 0.0
         p = s.successes / n
-        return n, p, p * (1.0 - p)
+        scale = 1.0 + failure_penalty
+        return n, p * scale - failure_penalty, scale * scale * p * (1.0 - p)
     n = s.n_feedback
     if n == 0:
         return 0, 0.0, 0.0
@@ -159,7 +172,7 @@ class Experiment:
             if s is None:
                 moments[arm] = (0, 0.0, 0.0, 0.0)
                 continue
-            n, mean, var = _arm_moments(s, cfg.metric)
+            n, mean, var = _arm_moments(s, cfg.metric, cfg.failure_penalty)
             cost = s.cost_usd / s.n_traces if s.n_traces else 0.0
             moments[arm] = (n, mean - cfg.cost_penalty_per_usd * cost, var, cost)
         best = max(self.arms, key=lambda a: (moments[a][0] > 0, moments[a][1]))

@@ -130,6 +130,8 @@ class Deployment:
     arms: variant -> share of traffic (one arm: all traffic). models: variants served by an own
     model that the gateway config does not list, variant -> model path (the gateway loads them).
     experiment: ExperimentConfig fields (metric, alpha, ...) when there are 2+ arms.
+    escalations: own variant -> EscalateConfig fields ({"to", "min_confidence"}), the
+    confidence routing the gate calibrated for it.
     """
 
     alias: str
@@ -141,6 +143,7 @@ class Deployment:
     canary: str | None = None  # the variant on trial, if any
     created_at: float = field(default_factory=time.time)
     seq: int = 0  # assigned by the store
+    escalations: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass

@@ -139,6 +139,7 @@ deployments = Table(
     Column("canary", String(200)),
     Column("incumbent", String(200), nullable=False),
     Column("reason", Text, nullable=False),
+    Column("escalations", JSON),  # version 3
     Index("ix_deployments_alias", "alias", "seq"),
 )
 
@@ -170,8 +171,19 @@ def _registry_v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[gate_decisions, deployments])
 
 
+def _escalations_v3(conn: Connection) -> None:
+    """Version 3: deployments carry the own models' escalation (confidence routing)."""
+    have = {c["name"] for c in inspect(conn).get_columns("deployments")}
+    if "escalations" not in have:  # a database created at version 2+ by create_all has it
+        conn.execute(text("ALTER TABLE deployments ADD COLUMN escalations JSON"))
+
+
 # (version, step). Append new steps at the end; never edit an applied one.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _create_v1), (2, _registry_v2)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _create_v1),
+    (2, _registry_v2),
+    (3, _escalations_v3),
+]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 

@@ -374,7 +374,10 @@ def test_rl_rows_carry_verifier_and_reference(tmp_path: Path) -> None:
     math = next(r for r in rows if r["answer"] is not None)
     assert math["messages"] == [{"role": "user", "content": "What is 12 + 34?"}]
     assert math["answer"] == "46" and math["verifier"] == "reasoning_gym:basic_arithmetic"
-    assert math["metadata"] == {"alias": "support", "created_at": T0 + 40, "tags": []}
+    assert math["metadata"] == {
+        "alias": "support", "created_at": T0 + 40, "tags": [],
+        "served_variant": "big", "served_answer": "46",
+    }  # fmt: skip
     # the tool-loop trace's prompt stops at its last user turn: system + user
     tool_rows = [r for r in rows if r["metadata"]["alias"] == "agent"]
     assert [m["role"] for m in tool_rows[0]["messages"]] == ["system", "user"]

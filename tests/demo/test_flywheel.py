@@ -53,6 +53,8 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(
             "after_requests": 4,
             "max_tokens": 4,
             "threads": 1,
+            "strong_ttft_s": 0.01,  # the published latency would add ~10 s to the test
+            "strong_output_tokens_per_s": 10_000,
             "loop": {
                 "base_model": str(tiny_model_dir),
                 "export": {
@@ -72,6 +74,7 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(
                 "grpo": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
                 "domain_problems": 3,
                 "gate": {
+                    "routing": None,  # 3 domain problems cannot calibrate a threshold
                     "max_new_tokens": 4,
                     "general": [{"name": "g", "env": {"task": "chain_sum"}, "n_problems": 2}],
                 },

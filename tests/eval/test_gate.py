@@ -100,3 +100,48 @@ def test_run_gate_on_tiny_models_writes_and_reuses_rows(
     mtimes = [p.stat().st_mtime_ns for p in rows]
     run_gate(c)
     assert [p.stat().st_mtime_ns for p in rows] == mtimes  # reused, not evaluated again
+
+
+def write_prompt_set(path: Path, n: int) -> None:
+    with path.open("w") as f:
+        for i in range(n):
+            row = {
+                "id": f"p{i}",
+                "messages": [{"role": "user", "content": f"question {i}?"}],
+                "answer": str(i),
+                "verifier": "exact",
+                "metadata": {"served_variant": "paid", "served_answer": f"Answer: {i}"},
+            }
+            f.write(json.dumps(row) + "\n")
+
+
+def routing_case(tmp_path: Path, wrong_on_check: int) -> tuple[bool, list[str], dict]:
+    """Today's model right on all 200 problems; the candidate confident and right everywhere but
+    on `wrong_on_check` problems of the part the threshold is not chosen on."""
+    from ownlm.eval.gate import _is_calibration, routing_rule
+
+    ps = tmp_path / "rl_eval.jsonl"
+    write_prompt_set(ps, 200)
+    env = {"kind": "prompt_set", "train_path": str(ps), "test_path": str(ps)}
+    c = cfg(domain={"name": "app", "env": env, "n_problems": 200})
+    check = [f"p{i}" for i in range(200) if not _is_calibration(f"p{i}", 0.5)]
+    wrong = set(check[:wrong_on_check])
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "correct": f"p{i}" not in wrong, "confidence": 0.9}) + "\n"
+            for i in range(200)
+        )
+    )
+    return routing_rule(c, rows)
+
+
+def test_refuses_a_candidate_whose_routed_quality_is_3_points_under_today(
+    tmp_path: Path,
+) -> None:
+    ok, lines, m = routing_case(tmp_path, wrong_on_check=0)
+    assert ok and m["routed_domain"] == 1.0 and m["routed_own_share"] == 1.0, lines
+    ok, lines, m = routing_case(tmp_path, wrong_on_check=int(0.03 * m["routing_check_rows"]) + 1)
+    assert not ok
+    assert m["serving_domain"] == 1.0 and m["routed_diff"] <= -0.03
+    assert lines[0].startswith("FAIL: routed domain 0.9"), lines

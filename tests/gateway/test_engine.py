@@ -33,27 +33,27 @@ def tiny_gguf(tiny_model_dir: Path) -> Path:
     return export_gguf(str(tiny_model_dir), "f16")
 
 
-@pytest.fixture
-def engine_gateway(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    cfg = GatewayConfig.model_validate(
-        {
-            "port": free_port(),
-            "store_url": f"sqlite:///{tmp_path}/gw.db",
-            "require_keys": False,
-            "flush_interval_ms": 20,
-            "upstreams": {
-                "own": {
-                    "kind": "llama_cpp",
-                    "model_path": str(tiny_model_dir),
-                    "quantization": "f16",
-                    "parallel_slots": 2,
-                    "threads": 1,
-                    "max_retries": 0,
-                }
-            },
-            "models": {"own": {"upstream": "own"}},
-        }
-    )
+def run_gateway(model_dir: Path, tmp_path: Path, **extra: Any) -> Iterator[tuple[str, Any]]:
+    data: dict[str, Any] = {
+        "port": free_port(),
+        "store_url": f"sqlite:///{tmp_path}/gw.db",
+        "require_keys": False,
+        "flush_interval_ms": 20,
+        "upstreams": {
+            "own": {
+                "kind": "llama_cpp",
+                "model_path": str(model_dir),
+                "quantization": "f16",
+                "parallel_slots": 2,
+                "threads": 1,
+                "max_retries": 0,
+            }
+        },
+        "models": {"own": {"upstream": "own"}},
+    }
+    for key, value in extra.items():
+        data[key] = {**data[key], **value}
+    cfg = GatewayConfig.model_validate(data)
     app = build_app(cfg)
     server = uvicorn.Server(uvicorn_config(app, cfg))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -65,6 +65,63 @@ def engine_gateway(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, 
     yield f"http://127.0.0.1:{cfg.port}/v1", app.app
     server.should_exit = True
     thread.join(30)
+
+
+@pytest.fixture
+def engine_gateway(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    yield from run_gateway(tiny_model_dir, tmp_path)
+
+
+@pytest.mark.parametrize("min_confidence", [0.0, 2.0])
+def test_an_unsure_own_model_escalates_to_the_paid_model(
+    tiny_model_dir: Path, tmp_path: Path, mock_upstream: Any, min_confidence: float
+) -> None:
+    mock = {"paid": {"upstream": "mock", "model": "mock-chat"}}
+    own = {"own": {"upstream": "own", "escalate": {"to": "paid", "min_confidence": min_confidence}}}
+    gen = run_gateway(
+        tiny_model_dir, tmp_path,
+        upstreams={"mock": {"base_url": mock_upstream.base_url}}, models={**mock, **own},
+    )  # fmt: skip
+    url, gw = next(gen)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        for stream in (False, True):
+            kw: dict[str, Any] = {"model": "own", "messages": MESSAGES, "max_tokens": 6}
+            if stream:
+                with client.chat.completions.create(**kw, stream=True) as s:
+                    text = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
+            else:
+                r = client.chat.completions.create(**kw)
+                text = r.choices[0].message.content or ""
+                assert r.choices[0].logprobs is None  # not asked for: not passed on
+            assert text.startswith("echo: ") == (min_confidence > 1.0)
+        deadline = time.monotonic() + 5
+        rows: list[Any] = []
+        while len(rows) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            rows = gw.store.list_traces(limit=5)
+        for row in rows:
+            if min_confidence > 1.0:
+                assert row.variant == "paid" and "escalated to paid: own confidence" in row.reason
+                assert row.metadata["escalated_from"] == "own"
+                assert int(row.metadata["own_attempt_tokens"]) > 6
+            else:
+                assert row.variant == "own" and "own confidence" in row.reason
+    finally:
+        next(gen, None)
+
+
+def test_escalation_needs_the_llama_cpp_engine() -> None:
+    with pytest.raises(ValueError, match="escalate needs a kind llama_cpp upstream"):
+        GatewayConfig.model_validate(
+            {
+                "upstreams": {"own": {"kind": "local"}, "p": {"base_url": "http://x.test/v1"}},
+                "models": {
+                    "paid": {"upstream": "p"},
+                    "own": {"upstream": "own", "escalate": {"to": "paid", "min_confidence": 0.5}},
+                },
+            }
+        )
 
 
 def test_streams_tokens_chunk_by_chunk_and_matches_the_whole_reply(

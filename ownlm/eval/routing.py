@@ -1,0 +1,84 @@
+"""Quality-preserving routing by the own model's confidence: the own model answers, and when it
+is unsure the request goes to the paid API instead (a cascade, as in FrugalGPT, Chen et al.
+2023), with the threshold calibrated on held-out traffic to a quality floor the user sets.
+
+    cal = calibrate_threshold(rows, max_quality_loss=0.02)
+    cal.threshold, cal.own_share, cal.routed_accuracy, cal.served_accuracy
+
+A row is one held-out prompt: the own model's confidence (`models.llama_cpp.answer_confidence`,
+the same function the gateway applies) and whether its answer was right, and
+whether the answer that serves the app today (the paid API's, from the traces) was right. The
+calibration picks the lowest threshold (the most traffic on the own model) at which the routed
+system's accuracy on those rows stays within `max_quality_loss` of today's. The gateway applies
+it with `models.<own>.escalate` (ownlm/gateway/config.py); the gate checks it on held-out rows
+it was not chosen on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ownlm.errors import ConfigError
+
+# Fewer held-out rows than this and the calibration refuses: a floor of 2 points cannot be
+# told from noise (the 95% CI of an accuracy on 40 rows is about +-10 points near 0.9).
+MIN_CALIBRATION_ROWS = 40
+NEVER = 2.0  # a threshold no confidence reaches: everything goes to the paid API
+
+
+@dataclass(frozen=True)
+class RoutingRow:
+    """One held-out prompt, as the calibration sees it."""
+
+    confidence: float  # the own model's answer_confidence
+    own_correct: bool
+    served_correct: bool  # today's answer (the paid API's, from the trace)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The chosen threshold and what it gave on the rows it was chosen on."""
+
+    threshold: float  # own model answers when confidence >= threshold; > 1: never
+    own_share: float
+    routed_accuracy: float
+    served_accuracy: float
+    own_accuracy: float
+    rows: int
+
+
+def routed_outcomes(rows: Sequence[RoutingRow], threshold: float) -> list[bool]:
+    """Per row: right or wrong after routing at `threshold`."""
+    return [r.own_correct if r.confidence >= threshold else r.served_correct for r in rows]
+
+
+def calibrate_threshold(
+    rows: Sequence[RoutingRow],
+    *,
+    max_quality_loss: float = 0.02,
+    min_rows: int = MIN_CALIBRATION_ROWS,
+) -> Calibration:
+    """The lowest threshold whose routed accuracy is >= served accuracy - max_quality_loss.
+
+    Raises ConfigError when there are fewer than min_rows rows (say how many are needed). A
+    threshold above 1 (nothing on the own model) always meets the floor; it is returned when no
+    lower one does, and `own_share` 0 says so.
+    """
+    if len(rows) < min_rows:
+        raise ConfigError(
+            f"{len(rows)} held-out prompts with outcomes to calibrate the router on; it needs at "
+            f"least {min_rows}: send more rated traffic (or lower min_calibration_rows), and "
+            "keep routing to the paid API until then"
+        )
+    n = len(rows)
+    served = sum(r.served_correct for r in rows) / n
+    own = sum(r.own_correct for r in rows) / n
+    floor = served - max_quality_loss
+    # candidates: every distinct confidence (the own model takes the rows at or above it)
+    for t in sorted({r.confidence for r in rows}):
+        routed = sum(routed_outcomes(rows, t)) / n
+        if routed >= floor - 1e-12:
+            share = sum(r.confidence >= t for r in rows) / n
+            return Calibration(t, share, routed, served, own, n)
+    return Calibration(NEVER, 0.0, served, served, own, n)
