@@ -1,14 +1,16 @@
-"""The demo's simulated app and its users: leg-counting questions, verifier-based thumbs.
+"""The demo's simulated app and its users: reasoning-gym questions, verifier-based thumbs.
 
 The app is a small "zoology helper" that asks its model reasoning-gym `leg_counting` questions
-through the gateway with the official openai client. Each simulated user checks the answer the
-way a user with the facts would (the verifier below) and sends thumbs up or down through
+(or any other reasoning-gym task, `ownlm demo --set task=...`) through the gateway with the
+official openai client. Each simulated user checks the answer the way a user with the facts would
+(the verifier below, or the task's own scorer) and sends thumbs up or down through
 `POST /v1/feedback`, with the money value of a correct answer.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +27,20 @@ TASK_KWARGS: dict[str, Any] = {
 }
 
 
-def app_env(seed: int) -> ReasoningGymEnv:
+def app_env(
+    seed: int, task: str = "leg_counting", task_kwargs: dict[str, Any] | None = None
+) -> ReasoningGymEnv:
     """The app's question source (a reasoning-gym generator at one seed)."""
+    if task_kwargs is None:
+        task_kwargs = dict(TASK_KWARGS) if task == "leg_counting" else {}
     return ReasoningGymEnv(
-        ReasoningGymConfig(task="leg_counting", task_kwargs=dict(TASK_KWARGS), train_seed=seed)
+        ReasoningGymConfig(task=task, task_kwargs=dict(task_kwargs), train_seed=seed)
     )
+
+
+def app_verifier(task: str) -> str:
+    """The verifier reference the export writes into the app's RL prompt set."""
+    return "ownlm.demo.app:check_legs" if task == "leg_counting" else f"reasoning_gym:{task}"
 
 
 def check_legs(task: Task, completion: str) -> Score:
@@ -59,6 +70,7 @@ class Outcome:
 def ask_and_rate(
     client: Any, alias: str, task: Task, messages: list[dict[str, Any]], user: str,
     session: str, value_usd: float, max_tokens: int,
+    verify: Callable[[Task, str], Score] = check_legs,
 ) -> Outcome:  # fmt: skip
     """Send one question through the gateway, check the answer, send the user's feedback."""
     import time
@@ -74,7 +86,7 @@ def ask_and_rate(
     )
     reply = raw.parse()
     text = reply.choices[0].message.content or ""
-    ok = check_legs(task, text).correct
+    ok = verify(task, text).correct
     body: dict[str, Any] = {
         "trace_id": raw.headers["x-ownlm-trace-id"],
         "thumbs": "up" if ok else "down",

@@ -23,14 +23,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field
 from tqdm import tqdm
 
 from ownlm.config import Config, validate_config
-from ownlm.errors import GateRejected, OwnlmError
+from ownlm.errors import ConfigError, GateRejected, OwnlmError
 
 
 class DemoConfig(Config):
@@ -39,6 +39,15 @@ class DemoConfig(Config):
     work_dir: str = "runs/demo"
     resume: bool = False
     alias: str = "zoology"
+    task: str = Field("leg_counting", description="the reasoning-gym task the app asks")
+    task_kwargs: dict[str, Any] | None = Field(
+        None, description="the task's generator settings; default: the zoology app's (1-2 "
+        "animals, 1-3 each) for leg_counting, the generator's own for other tasks",
+    )
+    standin: Literal["solver", "oracle"] | None = Field(
+        None, description="the paid-API stand-in: the scripted solver (leg_counting only) or an "
+        "oracle of the generator's answers; default: solver for leg_counting, else oracle",
+    )
     strong_model: str = Field("gpt-4.1", description="the provider model the stand-in prices as")
     strong_price_in_usd_per_mtok: float = 2.0
     strong_price_out_usd_per_mtok: float = 8.0
@@ -68,6 +77,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _phase_envs(cfg: DemoConfig) -> dict[str, Any]:
+    from ownlm.demo.app import app_env
+
+    return {
+        phase: app_env(seed, cfg.task, cfg.task_kwargs)
+        for phase, seed in (("before", 10_000), ("ab", 20_000), ("after", 30_000))
+    }
+
+
+def _oracle_table(cfg: DemoConfig, envs: dict[str, Any]) -> dict[str, str]:
+    """user message -> the generator's answer, for every question the app will ask."""
+    sizes = {"before": cfg.baseline_requests, "ab": cfg.ab_requests, "after": cfg.after_requests}
+    table = {}
+    for phase, env in envs.items():
+        for task in env.tasks("train", sizes[phase]):
+            user = [m for m in env.reset(task) if m["role"] == "user"][-1]
+            table[str(user["content"])] = task.answer
+    return table
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the story; print and return the figures."""
     import torch
@@ -87,17 +116,32 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     store_url = f"sqlite:///{work / 'ownlm.db'}"
+    standin = cfg.standin or ("solver" if cfg.task == "leg_counting" else "oracle")
+    if standin == "solver" and cfg.task != "leg_counting":
+        raise ConfigError(
+            f"standin 'solver' answers leg_counting only, not '{cfg.task}'; use standin: oracle"
+        )
+    envs = _phase_envs(cfg)  # an unknown task or bad task_kwargs stops here, before any work
+    oracle = _oracle_table(cfg, envs) if standin == "oracle" else None
+    kind = (
+        "a SCRIPTED STAND-IN for a paid API (it answers from the task's solver)"
+        if oracle is None
+        else "an ORACLE STAND-IN for a paid API (it looks up the generator's own answers)"
+    )
     _say(
-        "ownlm demo: a zoology app starts as an API wrapper and ends up owning its model.\n"
-        f"  The 'strong model' is a SCRIPTED STAND-IN for a paid API (it answers from the task's "
-        f"solver),\n  billed at {cfg.strong_model}'s price (${cfg.strong_price_in_usd_per_mtok}/"
+        f"ownlm demo: an app asking reasoning-gym '{cfg.task}' questions starts as an API wrapper "
+        f"and ends up owning its model.\n  The 'strong model' is {kind},\n  "
+        f"billed at {cfg.strong_model}'s price (${cfg.strong_price_in_usd_per_mtok}/"
         f"${cfg.strong_price_out_usd_per_mtok} per 1M input/output tokens) and answering with "
         f"its published\n  latency ({cfg.strong_ttft_s} s to the first token, "
         f"{cfg.strong_output_tokens_per_s:g} tokens/s)."
     )
     strong_port = _free_port()
     with serve_strong_model(
-        strong_port, ttft_s=cfg.strong_ttft_s, tokens_per_s=cfg.strong_output_tokens_per_s
+        strong_port,
+        ttft_s=cfg.strong_ttft_s,
+        tokens_per_s=cfg.strong_output_tokens_per_s,
+        oracle=oracle,
     ) as strong_url:
         gw_cfg = GatewayConfig.model_validate(
             {
@@ -130,7 +174,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             base_url=f"http://127.0.0.1:{gw_cfg.port}/v1", api_key="demo", max_retries=0
         )
         try:
-            figures = _story(cfg, client, store_url, work, LoopConfig, run_loop, app.app)
+            figures = _story(cfg, client, store_url, work, LoopConfig, run_loop, app.app, envs)
         finally:
             server.should_exit = True
             thread.join(30)
@@ -148,8 +192,9 @@ def _story(
     loop_cls: Any,
     run_loop: Any,
     gateway: Any,
+    envs: dict[str, Any],
 ) -> dict[str, Any]:
-    from ownlm.demo.app import app_env
+    from ownlm.demo.app import app_verifier
     from ownlm.report.build import ReportConfig, build_report
     from ownlm.router.deploy import experiment_name
     from ownlm.store.registry import Registry
@@ -158,7 +203,7 @@ def _story(
     figures: dict[str, Any] = {"date": time.strftime("%Y-%m-%d")}
     # 1. the app on the paid API
     _say(f"\n[1/4] {cfg.baseline_requests} app requests on the paid API; users rate each answer")
-    base = _traffic(cfg, client, app_env(seed=10_000), cfg.baseline_requests, "before", seed=1)
+    base = _traffic(cfg, client, envs["before"], cfg.baseline_requests, "before", seed=1)
     figures["before"] = base
 
     # 2. one loop cycle
@@ -170,6 +215,9 @@ def _story(
         "alias": cfg.alias,
         **cfg.loop,
     }
+    export = dict(loop_data.get("export") or {})
+    export["rl"] = {"verifier": app_verifier(cfg.task), **(export.get("rl") or {})}
+    loop_data["export"] = export
     loop_cfg = validate_config(loop_cls, loop_data, "demo config: loop")
     t0 = time.perf_counter()
     try:
@@ -195,13 +243,13 @@ def _story(
         live = reg.current(cfg.alias)
         assert live is not None
         _wait_until_served(gateway, cfg.alias, live.seq)
-        figures["ab"] = _traffic(cfg, client, app_env(seed=20_000), cfg.ab_requests, "ab", seed=2)
+        figures["ab"] = _traffic(cfg, client, envs["ab"], cfg.ab_requests, "ab", seed=2)
         version = reg.get(cycle["version"])
         figures["canary_status"] = version.status
         if cfg.after_requests:
             _say(f"  then {cfg.after_requests} more requests on the routing the test left")
             figures["after"] = _traffic(
-                cfg, client, app_env(seed=30_000), cfg.after_requests, "after", seed=3
+                cfg, client, envs["after"], cfg.after_requests, "after", seed=3
             )
         live = reg.current(cfg.alias)
         exp = gateway.router.experiments.get(experiment_name(live)) if live is not None else None
@@ -220,7 +268,7 @@ def _story(
             value_per_success_usd=cfg.value_per_success_usd,
             value_per_failure_usd=cfg.value_per_failure_usd,
             split_at=datetime.fromtimestamp(promoted_at, UTC),
-            title="ownlm demo: a zoology app owns its model",
+            title=f"ownlm demo: an app on {cfg.task} owns its model",
             out=str(work / "dashboard.html"),
             json_out=str(work / "report.json"),
         )
@@ -264,7 +312,7 @@ _GATE_KEYS = (
 def _traffic(
     cfg: DemoConfig, client: Any, env: Any, n: int, phase: str, seed: int
 ) -> dict[str, Any]:
-    from ownlm.demo.app import ask_and_rate, user_schedule
+    from ownlm.demo.app import ask_and_rate, check_legs, user_schedule
 
     tasks = env.tasks("train", n)
     users = user_schedule(n, cfg.questions_per_user, seed, phase)
@@ -278,6 +326,7 @@ def _traffic(
         out = ask_and_rate(
             client, cfg.alias, tasks[i], env.reset(tasks[i]), user, session,
             cfg.value_per_success_usd, cfg.max_tokens,
+            check_legs if cfg.task == "leg_counting" else env.score,
         )  # fmt: skip
         with lock:
             ok, total = by_variant.setdefault(out.variant, [0, 0])

@@ -1,5 +1,11 @@
 """A scripted stand-in for a paid "strong model" API, on loopback, in the OpenAI wire format.
 
+Two kinds, both labelled as what they are when the demo starts:
+- the SCRIPTED SOLVER (the default, for `leg_counting`), described below;
+- an ORACLE for any reasoning-gym task: it looks the question up in a table of the generator's
+  own answers (built by the demo from the questions its app will ask) and replies
+  `Answer: <answer>`; it cannot answer anything else.
+
 It is NOT a language model: it answers the demo app's task (reasoning-gym `leg_counting`) with a
 solver — it parses the animals out of the question and writes the sum step by step, like a
 capable model would — and says it cannot help with anything else. It exists so that the demo can
@@ -73,12 +79,18 @@ def count_tokens(text: str) -> int:
     return max(1, round(len(text) / 4))
 
 
-def completion(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+def completion(
+    model: str, messages: list[dict[str, Any]], oracle: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The chat.completion object the stand-in returns for a conversation."""
-    question = next(
-        (m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), ""
+    question = str(
+        next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
     )
-    answer = solve_leg_counting(str(question)) or "I can only help with counting legs."
+    if oracle is not None:
+        known = oracle.get(question)
+        answer = f"Answer: {known}" if known is not None else "I cannot answer that."
+    else:
+        answer = solve_leg_counting(question) or "I can only help with counting legs."
     prompt_text = "".join(str(m.get("content") or "") for m in messages)
     p, c = count_tokens(prompt_text), count_tokens(answer)
     return {
@@ -101,6 +113,7 @@ def completion(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
 GPT41_TTFT_S = 0.52
 GPT41_OUTPUT_TOKENS_PER_S = 89.0
 LATENCY = web.AppKey("latency", tuple)
+ORACLE = web.AppKey("oracle", dict)
 
 
 def standin_latency_s(completion_tokens: int, ttft_s: float, tokens_per_s: float) -> float:
@@ -115,7 +128,9 @@ async def _chat(request: web.Request) -> web.Response:
             {"error": {"message": "the scripted stand-in does not stream", "type": "bad_request"}},
             status=400,
         )
-    reply = completion(str(body.get("model", "")), body.get("messages", []))
+    reply = completion(
+        str(body.get("model", "")), body.get("messages", []), request.app.get(ORACLE)
+    )
     ttft_s, tokens_per_s = request.app[LATENCY]
     await asyncio.sleep(
         standin_latency_s(reply["usage"]["completion_tokens"], ttft_s, tokens_per_s)
@@ -125,11 +140,19 @@ async def _chat(request: web.Request) -> web.Response:
 
 @contextmanager
 def serve_strong_model(
-    port: int, *, ttft_s: float = GPT41_TTFT_S, tokens_per_s: float = GPT41_OUTPUT_TOKENS_PER_S
+    port: int,
+    *,
+    ttft_s: float = GPT41_TTFT_S,
+    tokens_per_s: float = GPT41_OUTPUT_TOKENS_PER_S,
+    oracle: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """Run the stand-in on 127.0.0.1:port in a thread; yields its base URL (ending in /v1)."""
+    """Run the stand-in on 127.0.0.1:port in a thread; yields its base URL (ending in /v1).
+
+    oracle: user message -> answer; given, the stand-in is the oracle, else the solver."""
     app = web.Application()
     app[LATENCY] = (ttft_s, tokens_per_s)
+    if oracle is not None:
+        app[ORACLE] = oracle
     app.router.add_post("/v1/chat/completions", _chat)
     with serve_in_thread(app, port) as url:
         yield url
