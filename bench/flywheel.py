@@ -68,8 +68,21 @@ def main() -> None:
         except OwnlmError as err:
             raise SystemExit(f"error: task {task}: {err}") from None
     print("\nflywheel, one cycle per task (measured in this run)")
-    head = ("task", "own acc", "promoted", "paid before", "routed after", "own share",
-            "$/success before", "after", "TFP before", "after", "value/$ before", "after", "min")
+    head = (
+        "task",
+        "own acc",
+        "promoted",
+        "paid before",
+        "routed after",
+        "own share",
+        "$/success before",
+        "after",
+        "TFP before",
+        "after",
+        "value/$ before",
+        "after",
+        "min",
+    )
     print(" | ".join(head))
     for r in rows:
         print(" | ".join([

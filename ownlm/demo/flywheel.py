@@ -41,11 +41,13 @@ class DemoConfig(Config):
     alias: str = "zoology"
     task: str = Field("leg_counting", description="the reasoning-gym task the app asks")
     task_kwargs: dict[str, Any] | None = Field(
-        None, description="the task's generator settings; default: the zoology app's (1-2 "
+        None,
+        description="the task's generator settings; default: the zoology app's (1-2 "
         "animals, 1-3 each) for leg_counting, the generator's own for other tasks",
     )
     standin: Literal["solver", "oracle"] | None = Field(
-        None, description="the paid-API stand-in: the scripted solver (leg_counting only) or an "
+        None,
+        description="the paid-API stand-in: the scripted solver (leg_counting only) or an "
         "oracle of the generator's answers; default: solver for leg_counting, else oracle",
     )
     strong_model: str = Field("gpt-4.1", description="the provider model the stand-in prices as")

@@ -81,6 +81,8 @@ class ReasoningGymEnv:
         # Generate in chunks of growing size until n distinct allowed questions are found; give
         # up after 20x n draws, which means the task's question space is too small.
         out: list[Task] = []
+        if n == 0:
+            return out
         seen = set(exclude)
         limit = max(20 * n, 200)
         ds = _create_dataset(self.cfg.task, seed, limit, self.cfg.task_kwargs)

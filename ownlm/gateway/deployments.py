@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from ownlm.gateway.app import Gateway
 
 log = logging.getLogger("ownlm.gateway")
+OWN = "own:"  # upstreams of deployed own models are named own:<variant>
+STALE_CLOSE_S = 30.0  # an engine no deployment serves is closed this long after the swap
 
 
 async def follow_deployments(gw: Gateway) -> None:
@@ -45,13 +47,14 @@ async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
     """Load the models the deployments need, then swap config and router."""
     from ownlm.gateway.app import build_upstream
 
-    upstreams = dict(gw.cfg.upstreams)
-    models = dict(gw.cfg.models)
+    # the configured upstreams and models, without the own models earlier deployments added
+    upstreams = {n: u for n, u in gw.cfg.upstreams.items() if not n.startswith(OWN)}
+    models = {n: m for n, m in gw.cfg.models.items() if not m.upstream.startswith(OWN)}
     for dep in live.values():
         for variant, path in dep.models.items():
             if variant in models:
                 continue
-            up_name = f"own:{variant}"
+            up_name = f"{OWN}{variant}"
             up_cfg = gw.cfg.own_engine.model_copy(update={"model_path": path})
             if up_name not in gw.upstreams:
                 client = build_upstream(up_name, up_cfg)
@@ -89,9 +92,24 @@ async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
     gw.cfg, gw.router = cfg, router
     gw.aliases = sorted(set(models) | set(router_cfg.routes))
     gw.deployed = {a: d.seq for a, d in live.items()}
+    stale = [n for n in gw.upstreams if n.startswith(OWN) and n not in upstreams]
+    if stale:  # e.g. a rolled-back canary's engine: closed once requests in flight are done
+        asyncio.get_running_loop().call_later(
+            STALE_CLOSE_S, lambda: asyncio.ensure_future(_close(gw, stale))
+        )
     gw.live_deployments = live
     for dep in live.values():
         log.info("deployment #%s on %s: arms %s (%s)", dep.seq, dep.alias, dep.arms, dep.reason)
+
+
+async def _close(gw: Gateway, names: list[str]) -> None:
+    for name in names:
+        if name in gw.cfg.upstreams:
+            continue  # deployed again meanwhile
+        client = gw.upstreams.pop(name, None)
+        if client is not None:
+            log.info("closing %s: no live deployment serves it", name)
+            await client.close()
 
 
 def act_on_canaries(gw: Gateway) -> None:

@@ -97,3 +97,41 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(
     assert "<svg" in html
     saved = json.loads((tmp_path / "demo" / "figures.json").read_text())
     assert saved["gate"]["promote"] is True
+
+
+def test_oracle_stand_in_answers_any_task_from_the_generator_and_nothing_else() -> None:
+    from ownlm.demo.app import app_env
+    from ownlm.demo.flywheel import _oracle_table, _phase_envs
+    from ownlm.demo.strong import completion, standin_latency_s
+
+    cfg = validate_config(
+        DemoConfig,
+        {"task": "basic_arithmetic", "baseline_requests": 10, "ab_requests": 10,
+         "after_requests": 0},
+        "test",
+    )  # fmt: skip
+    envs = _phase_envs(cfg)
+    table = _oracle_table(cfg, envs)
+    env = app_env(10_000, "basic_arithmetic")
+    for task in env.tasks("train", 10):
+        reply = completion("gpt-4.1", env.reset(task), table)
+        text = reply["choices"][0]["message"]["content"]
+        assert text == f"Answer: {task.answer}" and env.score(task, text).correct
+    other = completion("gpt-4.1", [{"role": "user", "content": "What is the time?"}], table)
+    assert other["choices"][0]["message"]["content"] == "I cannot answer that."
+    # GPT-4.1's published latency: 0.52 s to the first token, then 89 tokens/s
+    assert standin_latency_s(90, 0.52, 89.0) == pytest.approx(1.52)
+
+
+def test_unknown_task_and_a_solver_for_another_task_are_refused(tmp_path: Path) -> None:
+    from ownlm.errors import ConfigError
+
+    bad = validate_config(DemoConfig, {"task": "leg_countin", "work_dir": str(tmp_path)}, "t")
+    with pytest.raises(ConfigError, match="reasoning-gym task 'leg_countin'"):
+        run_demo(bad)
+    wrong = validate_config(
+        DemoConfig, {"task": "basic_arithmetic", "standin": "solver", "work_dir": str(tmp_path)},
+        "t",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="standin 'solver' answers leg_counting only"):
+        run_demo(wrong)

@@ -169,3 +169,30 @@ def test_router_update_arm_stats_shifts_decisions() -> None:
     )
     assert 900 < before < 1100
     assert after > 1800  # 95% of 2000, minus noise
+
+
+def test_a_cheap_canary_that_loses_quality_loses_once_failures_cost_the_app() -> None:
+    # The paid arm: always right, $0.001 a request; the canary: free, right 80% of the time; a
+    # success is worth $0.004 (cost penalty 250 per USD: the paid arm pays 0.25 successes a
+    # request). Without a failure cost: 0.80 (own) beats 1 - 0.25 = 0.75 (paid). With a failure
+    # costing what a success earns: own 0.8 - 0.2 = 0.60 loses to 0.75.
+    def stats(cost_paid: float) -> list[ArmStats]:
+        n, ok = 2000, 1600
+        return [
+            ArmStats("e", "paid", n, n, float(n), float(n), n, 0, n * cost_paid),
+            ArmStats("e", "own", n, n, float(ok), float(ok), ok, n - ok, 0.0),
+        ]
+
+    def eliminated(failure_penalty: float) -> frozenset[str]:
+        exp = Experiment(
+            "e",
+            ExperimentConfig(
+                arms={"paid": 0.5, "own": 0.5}, min_feedback_per_arm=50, effect_sd=0.2,
+                cost_penalty_per_usd=250.0, failure_penalty=failure_penalty,
+            ),
+        )  # fmt: skip
+        exp.update(stats(0.001))
+        return exp.eliminated
+
+    assert eliminated(0.0) == frozenset({"paid"})  # savings bought a 20-point loss of quality
+    assert eliminated(1.0) == frozenset({"own"})  # a wrong answer costs what a right one earns
