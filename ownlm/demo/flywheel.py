@@ -59,9 +59,9 @@ class DemoConfig(Config):
     strong_output_tokens_per_s: float = Field(
         89.0, gt=0, description="the stand-in's output speed (GPT-4.1, published)"
     )
-    value_per_success_usd: float = Field(0.0005, gt=0, description="what a right answer earns")
+    value_per_success_usd: float = Field(0.004, gt=0, description="what a right answer earns")
     value_per_failure_usd: float = Field(
-        -0.0005, le=0, description="what a wrong answer costs the app (a user lost, a refund)"
+        -0.004, le=0, description="what a wrong answer costs the app (a user lost, a refund)"
     )
     baseline_requests: int = Field(400, ge=10, description="traffic before the own model exists")
     ab_requests: int = Field(400, ge=10, description="traffic during the canary's A/B test")

@@ -134,6 +134,7 @@ class Report:
     reference_in_usd_per_mtok: float | None
     reference_out_usd_per_mtok: float | None
     value_per_success_usd: float
+    value_per_failure_usd: float
     total: Figures
     by_model: dict[str, Figures]
     by_route: dict[str, Figures]
@@ -234,6 +235,7 @@ def collect_report(store: TraceStore, cfg: ReportConfig) -> Report:
         reference_in_usd_per_mtok=ref_in,
         reference_out_usd_per_mtok=ref_out,
         value_per_success_usd=cfg.value_per_success_usd,
+        value_per_failure_usd=cfg.value_per_failure_usd,
         total=total,
         by_model=by_model,
         by_route=by_route,

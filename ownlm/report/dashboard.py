@@ -210,6 +210,27 @@ def _figures_table(
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _split_table(report: Report) -> str:
+    """Before and after the split, side by side: quality, cost, TFP both ways, latency."""
+    if report.split is None:
+        return '<p class="notes">no split time: set split_at or split_at_variant</p>'
+    head = (
+        "<tr><th></th><th>requests</th><th>success</th><th>cost/success</th>"
+        "<th>TFP $/1M tok</th><th>value per $1 of tokens</th><th>tokens/req</th>"
+        "<th>own share</th><th>p50 ms</th><th>p95 ms</th></tr>"
+    )
+    body = []
+    for label, f in (("before", report.split.before), ("after", report.split.after)):
+        body.append(
+            f"<tr><td>{label}</td><td>{f.requests:,}</td><td>{_pct(f.success_rate)}</td>"
+            f"<td>{_money(f.cost_per_success_usd)}</td><td>{_num(f.tfp_usd_per_mtok, ',.2f')}</td>"
+            f"<td>{_money(f.value_per_usd)}</td><td>{_num(f.tokens_per_request, ',.0f')}</td>"
+            f"<td>{_pct(f.own_request_share)}</td><td>{_num(f.latency_p50_ms, ',.0f')}</td>"
+            f"<td>{_num(f.latency_p95_ms, ',.0f')}</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
 def _arms_table(report: Report) -> str:
     if not report.experiments:
         return '<p class="notes">no A/B experiments recorded</p>'
@@ -251,12 +272,14 @@ own model: {escape(", ".join(report.own_models) or "none")} ·
 generated {_when(report.generated_at)} UTC</div></header>
 {_cards(report)}
 {_charts(report, colors)}
+<section><h2>Before and after</h2>{_split_table(report)}</section>
 <section><h2>Per model</h2>{_figures_table("model", report.by_model, colors, own)}</section>
 <section><h2>Per route</h2>{_figures_table("route", report.by_route, {}, set())}</section>
 <section><h2>A/B experiments</h2>{_arms_table(report)}</section>
 <section class="notes"><p>TFP = value produced / tokens consumed (prompt + completion).
 A trace's value is its feedback value when given, else ${report.value_per_success_usd:g} per
-success (thumbs up or score at the threshold){ref}.</p>{notes}</section>
+success (thumbs up or score at the threshold) and ${report.value_per_failure_usd:g} per rated
+failure{ref}. Value per $1 of tokens = value / cost.</p>{notes}</section>
 </body></html>
 """
 
