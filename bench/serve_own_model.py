@@ -13,7 +13,7 @@ For 1, 4 and 16 concurrent clients: latency p50/p99, time to first token p50, an
 total (completion tokens / wall time). Clients are asyncio tasks in this process sending
 streamed requests with aiohttp; everything listens on 127.0.0.1 and the loops are bounded.
 
-    .venv/bin/python bench/serve_own_model.py                       # q8_0, 8 slots, 2 threads
+    .venv/bin/python bench/serve_own_model.py                       # f16, 8 slots, 2 threads
     .venv/bin/python bench/serve_own_model.py --quantization q4_k_m --skip-torch
 """
 
@@ -125,7 +125,7 @@ async def load(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--quantization", default="q8_0")
+    ap.add_argument("--quantization", default="f16")
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=64)

@@ -50,7 +50,7 @@ class EvalConfig(Config):
         description="torch: ownlm's sampler on the fp32 weights; llama_cpp: the GGUF on "
         "llama-server, as the gateway serves it",
     )
-    quantization: Quantization = Field("q8_0", description="engine llama_cpp: the GGUF type")
+    quantization: Quantization = Field("f16", description="engine llama_cpp: the GGUF type")
     parallel_slots: int = Field(8, ge=1, description="engine llama_cpp: requests decoded at once")
     threads: int | None = Field(None, ge=1, description="engine llama_cpp: default all cores")
 

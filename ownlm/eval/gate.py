@@ -104,7 +104,7 @@ class GateConfig(Config):
         description="how both models are evaluated: llama_cpp scores the GGUF the gateway "
         "serves (own_engine), torch the fp32 weights on ownlm's sampler",
     )
-    quantization: Quantization = Field("q8_0", description="engine llama_cpp: match own_engine's")
+    quantization: Quantization = Field("f16", description="engine llama_cpp: match own_engine's")
     routing: RoutingRule | None = Field(
         default_factory=RoutingRule,
         description="compare the routed system with what serves the app today; null: skip",

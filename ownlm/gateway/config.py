@@ -34,7 +34,9 @@ class UpstreamConfig(Config):
         None, description="kinds llama_cpp and local: model dir, run dir, .gguf or 'smollm2-135m'"
     )
     quantization: Quantization = Field(
-        "q8_0", description="kind llama_cpp: GGUF type (f16, q8_0, q4_k_m…)"
+        "f16",
+        description="kind llama_cpp: GGUF type; f16 (the default) decodes like the checkpoint "
+        "and was the fastest at 4 clients here (bench/serve_own_model.py)",
     )
     parallel_slots: int = Field(
         4, ge=1, description="kind llama_cpp: requests decoded together (continuous batching)"

@@ -1,7 +1,7 @@
 """An own model on llama.cpp: `UpstreamClient` over a `llama-server` the gateway manages.
 
     upstreams:
-      own: {kind: llama_cpp, model_path: runs/demo/loop/cycle-1/grpo/final, quantization: q8_0}
+      own: {kind: llama_cpp, model_path: runs/demo/loop/cycle-1/grpo/final, quantization: f16}
 
 At start the model is exported to GGUF (once, beside its weights), a `llama-server` is started on
 loopback with `parallel_slots` slots (continuous batching: concurrent requests share decode

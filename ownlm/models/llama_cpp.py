@@ -1,6 +1,6 @@
 """llama.cpp as ownlm's CPU engine: export a model to GGUF, run a managed `llama-server`.
 
-    gguf = export_gguf("runs/demo/loop/cycle-1/grpo/final", "q8_0")  # beside the weights, once
+    gguf = export_gguf("runs/demo/loop/cycle-1/grpo/final", "f16")  # beside the weights, once
     with LlamaServer(gguf, parallel_slots=4) as server:               # started and health-checked
         ... POST server.base_url + "/completion" ...
 
@@ -80,7 +80,7 @@ def gguf_path_for(model_dir: Path, quantization: str) -> Path:
     return model_dir / f"ownlm-{quantization}.gguf"
 
 
-def export_gguf(model: str, quantization: str = "q8_0", *, overwrite: bool = False) -> Path:
+def export_gguf(model: str, quantization: str = "f16", *, overwrite: bool = False) -> Path:
     """GGUF file of a model (name, HF dir, run dir or LoRA adapter), written beside its weights.
 
     An up-to-date export (newer than the weights) is reused. A path that already is a .gguf file

@@ -1,7 +1,7 @@
 """Sample completions on a llama-server: what the eval and the gate use to score a model in the
 format and engine it will be served with (GGUF on llama.cpp, the gateway's default own engine).
 
-    with LlamaServer(export_gguf(model, "q8_0"), parallel_slots=8) as server:
+    with LlamaServer(export_gguf(model, "f16"), parallel_slots=8) as server:
         outs = complete_on_server(server.base_url, prompt_ids, params, parallel=8)
 
 Prompts are token ids from `encode_prompt`, as in the gateway; requests go out `parallel` at a
