@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import threading
 import time
 from typing import Any
 
@@ -32,7 +31,7 @@ import uvicorn
 
 from ownlm.demo.app import app_env
 from ownlm.gateway.config import GatewayConfig
-from ownlm.gateway.server import build_app, uvicorn_config
+from ownlm.gateway.server import build_app, serve_gateway_in_thread
 from ownlm.models.llama_cpp import free_port
 
 # llama-server closes a connection after each stream; say so (see ownlm/gateway/engine.py)
@@ -50,14 +49,7 @@ def start_gateway(upstream: dict[str, Any], tmp: str) -> tuple[uvicorn.Server, A
         }
     )
     app = build_app(cfg)
-    server = uvicorn.Server(uvicorn_config(app, cfg))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 300
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not server.started:
-        raise SystemExit(f"the gateway with a {upstream['kind']} upstream did not start")
+    server, _ = serve_gateway_in_thread(app, cfg, timeout_s=300)
     return server, app.app, f"http://127.0.0.1:{cfg.port}/v1/chat/completions"
 
 

@@ -102,12 +102,11 @@ def _oracle_table(cfg: DemoConfig, envs: dict[str, Any]) -> dict[str, str]:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the story; print and return the figures."""
     import torch
-    import uvicorn
     from openai import OpenAI
 
     from ownlm.demo.strong import serve_strong_model
     from ownlm.gateway.config import GatewayConfig
-    from ownlm.gateway.server import build_app, uvicorn_config
+    from ownlm.gateway.server import build_app, serve_gateway_in_thread
     from ownlm.loop import LoopConfig, run_loop
 
     t_start = time.perf_counter()
@@ -167,11 +166,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         )
         (work / "ownlm.yaml").write_text(yaml.safe_dump(gw_cfg.model_dump(mode="json")))
         app = build_app(gw_cfg)
-        server = uvicorn.Server(uvicorn_config(app, gw_cfg))
-        thread = threading.Thread(target=server.run, daemon=True, name="gateway")
-        thread.start()
-        while not server.started and thread.is_alive():
-            time.sleep(0.05)
+        server, thread = serve_gateway_in_thread(app, gw_cfg)
         client = OpenAI(
             base_url=f"http://127.0.0.1:{gw_cfg.port}/v1", api_key="demo", max_retries=0
         )

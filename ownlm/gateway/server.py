@@ -12,6 +12,8 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
+import time
 
 import uvicorn
 
@@ -21,7 +23,7 @@ from ownlm.gateway.config import GatewayConfig
 from ownlm.gateway.middleware import ErrorShield
 from ownlm.gateway.upstream import UpstreamClient
 
-__all__ = ["GatewayConfig", "build_app", "serve"]
+__all__ = ["GatewayConfig", "build_app", "serve", "serve_gateway_in_thread"]
 
 
 def build_app(cfg: GatewayConfig, upstreams: dict[str, UpstreamClient] | None = None) -> ASGIApp:
@@ -43,6 +45,30 @@ def uvicorn_config(app: ASGIApp, cfg: GatewayConfig) -> uvicorn.Config:
         log_level="warning",
         timeout_graceful_shutdown=10,
     )
+
+
+def serve_gateway_in_thread(
+    app: ASGIApp, cfg: GatewayConfig, timeout_s: float = 60.0
+) -> tuple[uvicorn.Server, threading.Thread]:
+    """Run the gateway in a daemon thread (tests, benches, the demo) until it has started.
+
+    Stop it with `server.should_exit = True` and `thread.join()`.
+    """
+    from ownlm.errors import OwnlmError
+
+    server = uvicorn.Server(uvicorn_config(app, cfg))
+    thread = threading.Thread(target=server.run, daemon=True, name="gateway")
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        server.should_exit = True
+        raise OwnlmError(
+            f"the gateway did not start on {cfg.host}:{cfg.port} within {timeout_s:.0f} s; "
+            "its log above says why"
+        )
+    return server, thread
 
 
 def serve(cfg: GatewayConfig) -> None:

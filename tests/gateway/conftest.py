@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ from aiohttp import web
 
 from ownlm.gateway.config import GatewayConfig
 from ownlm.gateway.loopback import serve_in_thread
-from ownlm.gateway.server import build_app, uvicorn_config
+from ownlm.gateway.server import build_app, serve_gateway_in_thread
 
 USER_KEY = "sk-test-user"
 ADMIN_KEY = "sk-test-admin"
@@ -245,13 +243,7 @@ def gateway(mock_upstream: MockUpstream, tmp_path: Any) -> Iterator[RunningGatew
     """A gateway on a free loopback port (uvicorn in a thread), SQLite store in tmp_path."""
     cfg = gateway_config(mock_upstream.base_url, f"sqlite:///{tmp_path}/gw.db", port=free_port())
     app = build_app(cfg)
-    server = uvicorn.Server(uvicorn_config(app, cfg))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "gateway did not start"
+    server, thread = serve_gateway_in_thread(app, cfg, timeout_s=20)
     root = f"http://127.0.0.1:{cfg.port}"
     yield RunningGateway(root + "/v1", root, server, app, mock_upstream)
     server.should_exit = True

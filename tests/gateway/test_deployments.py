@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from ownlm.errors import ConfigError, StoreError
-from ownlm.gateway.server import build_app, uvicorn_config
+from ownlm.gateway.server import build_app, serve_gateway_in_thread
 from ownlm.router.deploy import CanaryTest, PromoteConfig, RollbackConfig, promote, rollback
 from ownlm.store.registry import Registry
 from ownlm.store.schema import Deployment, ModelVersion
@@ -27,16 +27,7 @@ ALIAS = "ab-free"
 
 
 def start(cfg: Any) -> tuple[uvicorn.Server, Any]:
-    import threading
-
-    server = uvicorn.Server(uvicorn_config(build_app(cfg), cfg))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    return server, thread
+    return serve_gateway_in_thread(build_app(cfg), cfg, timeout_s=30)
 
 
 def variants_served(client: Any, n: int) -> set[str]:

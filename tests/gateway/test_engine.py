@@ -17,11 +17,10 @@ from typing import Any
 
 import openai
 import pytest
-import uvicorn
 
 from ownlm.errors import ConfigError, ModelLoadError
 from ownlm.gateway.config import GatewayConfig, UpstreamConfig
-from ownlm.gateway.server import build_app, uvicorn_config
+from ownlm.gateway.server import build_app, serve_gateway_in_thread
 from ownlm.models.llama_cpp import LlamaServer, export_gguf
 from tests.gateway.conftest import free_port
 
@@ -55,13 +54,7 @@ def run_gateway(model_dir: Path, tmp_path: Path, **extra: Any) -> Iterator[tuple
         data[key] = {**data[key], **value}
     cfg = GatewayConfig.model_validate(data)
     app = build_app(cfg)
-    server = uvicorn.Server(uvicorn_config(app, cfg))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "gateway did not start"
+    server, thread = serve_gateway_in_thread(app, cfg)
     yield f"http://127.0.0.1:{cfg.port}/v1", app.app
     server.should_exit = True
     thread.join(30)
