@@ -9,9 +9,9 @@ A row is one held-out prompt: the own model's confidence (`models.llama_cpp.answ
 the same function the gateway applies) and whether its answer was right, and
 whether the answer that serves the app today (the paid API's, from the traces) was right. The
 calibration picks the lowest threshold (the most traffic on the own model) whose quality loss
-against today's answers is controlled at `max_quality_loss` (conformal risk control). The gateway applies
-it with `models.<own>.escalate` (ownlm/gateway/config.py); the gate checks it on held-out rows
-it was not chosen on.
+against today's answers is controlled at `max_quality_loss` (conformal risk control). The gateway
+applies it with `models.<own>.escalate` (ownlm/gateway/config.py); the gate checks it on
+held-out rows it was not chosen on.
 """
 
 from __future__ import annotations
