@@ -135,3 +135,23 @@ def test_unknown_task_and_a_solver_for_another_task_are_refused(tmp_path: Path) 
     )  # fmt: skip
     with pytest.raises(ConfigError, match="standin 'solver' answers leg_counting only"):
         run_demo(wrong)
+
+
+def test_standin_bills_tokens_as_gpt41_counts_them() -> None:
+    from ownlm.demo.strong import completion, count_tokens
+
+    # o200k_base, the published example of tiktoken's README
+    assert count_tokens("tiktoken is great!") == 6
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {
+            "role": "user",
+            "content": "How many legs are there in total if you have 1 starfish, 2 sheep?",
+        },
+    ]
+    usage = completion("gpt-4.1", messages)["usage"]
+    text = completion("gpt-4.1", messages)["choices"][0]["message"]["content"]
+    assert usage["completion_tokens"] == count_tokens(text) > len(text) / 4
+    # 3 per message + role + content, 3 to prime the reply (OpenAI's cookbook)
+    contents = sum(count_tokens(m["content"]) for m in messages)
+    assert usage["prompt_tokens"] == 3 + 2 * (3 + 1) + contents
