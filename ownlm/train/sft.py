@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ownlm.config import dump_config
 from ownlm.errors import DataError
+from ownlm.models.context import find_shared_context, has_context, install_context
 from ownlm.train.checkpoint import (
     MetricsLog,
     find_resume,
@@ -48,6 +49,10 @@ class SFTConfig(FileRecipeConfig):
     micro_batch_size: int = 4  # sequences per forward/backward; batch_size / this = accumulation
     max_steps: int = 50
     lr: float = 2e-4
+    # Learn what every training conversation shares (system prompt, the user turns' fixed
+    # instructions) and stop reading it: the cut goes into the saved chat template, so GRPO, the
+    # gate and the served model see the same short prompts (ownlm/models/context.py).
+    distill_context: bool = True
 
 
 class RunSummary(BaseModel):
@@ -109,6 +114,11 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
     )
     check_max_seq_len(model, cfg.max_seq_len)
     model.train()
+    if cfg.distill_context and not has_context(tokenizer):
+        shared = find_shared_context([ex.messages for ex in examples])
+        if shared is not None:
+            install_context(tokenizer, shared)
+            tqdm.write(f"sft: context distillation: the model learns {shared.describe()}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     train_chats, skipped = _tokenize_all(tokenizer, examples, cfg.max_seq_len)
