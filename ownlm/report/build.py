@@ -366,7 +366,8 @@ def _split(
         rows = store.usage_totals(
             bucket_s=WHOLE_WINDOW_S, success_min_score=cfg.success_min_score, since=lo, until=hi
         )
-        halves.append(figures_of(rows, pricing))
+        latencies = [ms for _, _, ms in store.latencies(lo, hi)]
+        halves.append(figures_of(rows, pricing, latencies))
     return Split(at, label, halves[0], halves[1])
 
 

@@ -53,6 +53,8 @@ def test_time_buckets_and_split(tiny_store_url: str) -> None:
     assert r.split is not None
     assert r.split.before.tfp_usd_per_mtok == pytest.approx(0.10 / 3000 * 1e6)
     assert r.split.after.tfp_usd_per_mtok == pytest.approx(0.30 / 4000 * 1e6)
+    # each half's latency is its own traces': 100 and 300 ms before, 50 and 70 after
+    assert (r.split.before.latency_p50_ms, r.split.after.latency_p50_ms) == (200.0, 60.0)
     # 2 traces in 2 hours: auto picks minutes
     assert build_report(cfg(tiny_store_url)).bucket == "minute"
 
