@@ -366,8 +366,10 @@ class Gateway:
                 if stream:
                     return ReplayStream(completion_sse(completion, body))
                 return UpstreamResponse(200, orjson.dumps(completion))
-            tokens = completion.get("usage", {}).get("total_tokens", 0)
-            trace.metadata = {**trace.metadata, "own_attempt_tokens": str(tokens)}
+            usage = completion.get("usage") or {}
+            tokens = (int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+            trace.extra_tokens = tokens
+            trace.metadata = {**trace.metadata, "own_attempt_tokens": str(sum(tokens))}
         trace.route_note = (
             f"; escalated to {esc.to}: own confidence {confidence:.3f} < {esc.min_confidence:.3f}"
         )

@@ -104,6 +104,9 @@ class PendingTrace:
         self.error: str | None = None
         self.cache_hit = False
         self.route_note = ""  # appended to the router's reason (e.g. an escalation)
+        # tokens an own-model attempt read and wrote before the request escalated: they count
+        # in the trace's tokens (TFP is value per token processed), not in its bill
+        self.extra_tokens = (0, 0)
 
     def finish(
         self,
@@ -140,6 +143,7 @@ class PendingTrace:
         if self.endpoint == "embeddings":
             response = {"usage": response.get("usage")} if response else None  # vectors: no
         cost = (prompt * self.price_in + completion * self.price_out) / 1e6
+        prompt, completion = prompt + self.extra_tokens[0], completion + self.extra_tokens[1]
         d = self.decision
         return Trace(
             trace_id=self.trace_id,

@@ -97,7 +97,10 @@ def test_an_unsure_own_model_escalates_to_the_paid_model(
             if min_confidence > 1.0:
                 assert row.variant == "paid" and "escalated to paid: own confidence" in row.reason
                 assert row.metadata["escalated_from"] == "own"
-                assert int(row.metadata["own_attempt_tokens"]) > 6
+                attempt = int(row.metadata["own_attempt_tokens"])
+                # the dropped attempt's tokens count in the trace's tokens, not in its bill
+                assert attempt > 6 and row.prompt_tokens + row.completion_tokens > attempt
+                assert row.cost_usd == 0.0
             else:
                 assert row.variant == "own" and "own confidence" in row.reason
     finally:
