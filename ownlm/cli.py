@@ -103,12 +103,28 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A parser whose --help ends with its config class's keys, imported only when shown."""
+
+    config_source: tuple[str, str] | None = None  # (module, config class)
+
+    def format_help(self) -> str:
+        if self.config_source is not None and self.epilog is None:
+            from ownlm.config_keys import format_config_keys
+
+            module_name, cfg_name = self.config_source
+            self.epilog = format_config_keys(
+                getattr(importlib.import_module(module_name), cfg_name)
+            )
+        return super().format_help()
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ownlm", description=__doc__.splitlines()[0])
+    parser = _CommandParser(prog="ownlm", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for ownlm errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, Any] = {}
-    for name, (_, _, _, help_text) in COMMANDS.items():
+    for name, (module_name, cfg_name, _, help_text) in COMMANDS.items():
         words = name.split()
         target = sub
         if len(words) == 2:
@@ -116,7 +132,13 @@ def _build_parser() -> argparse.ArgumentParser:
                 grp = sub.add_parser(words[0], help=f"{words[0]} subcommands")
                 groups[words[0]] = grp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
             target = groups[words[0]]
-        p = target.add_parser(words[-1], help=help_text)
+        p = target.add_parser(
+            words[-1],
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.config_source = (module_name, cfg_name)
         p.set_defaults(_key=name)
         p.add_argument("--config", "-c", help="YAML config file")
         p.add_argument(
@@ -125,7 +147,7 @@ def _build_parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a config key (repeatable), e.g. --set lr=1e-5",
+            help="override a config key (repeatable), e.g. --set lr=1e-5; keys are listed below",
         )
     return parser
 

@@ -50,33 +50,36 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def models_in(annotation: Any) -> list[type[BaseModel]]:
     """The pydantic models inside `X`, `X | None`, `list[X]`, `dict[str, X]` or a union."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
 
 
-def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str], list[str]]:
     """Walk the model along loc (skipping list indices and dict keys) and return (bad key,
-    known keys at that level). In a tagged union, pydantic puts the tag (the `kind`) in loc."""
+    known keys at that level, the path as the user wrote it). In a tagged union, pydantic puts
+    the tag (the `kind`) in loc; the path leaves it out."""
     model: type[BaseModel] = cls
     parts = list(loc[:-1])
+    path: list[str] = []
     while parts:
         part = parts.pop(0)
+        path.append(str(part))
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             continue  # a list index or a dict key: stay on the element's model
-        inner = _models_in(field.annotation)
+        inner = models_in(field.annotation)
         if not inner:
-            return str(loc[-1]), []
+            return str(loc[-1]), [], path + [str(p) for p in parts]
         model = inner[0]
         for m in inner:
             kind = m.model_fields.get("kind")
             if parts and kind is not None and kind.default == parts[0]:
                 model = m
                 parts.pop(0)
-    return str(loc[-1]), list(model.model_fields)
+    return str(loc[-1]), list(model.model_fields), path
 
 
 def validate_config(cls: type[C], data: dict[str, Any], source: str) -> C:
@@ -89,12 +92,12 @@ def validate_config(cls: type[C], data: dict[str, Any], source: str) -> C:
             loc = tuple(e["loc"])
             dotted = ".".join(str(p) for p in loc)
             if e["type"] == "extra_forbidden":
-                bad, known = _closest_key(cls, loc)
+                bad, known, path = _closest_key(cls, loc)
                 near = difflib.get_close_matches(bad, known, n=1)
                 hint = (
                     f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(known)}"
                 )
-                where = f" in {'.'.join(str(p) for p in loc[:-1])}" if len(loc) > 1 else ""
+                where = f" in {'.'.join(path)}" if path else ""
                 lines.append(f"{source}: unknown key '{bad}'{where}{hint}")
             else:
                 lines.append(f"{source}: {dotted}: {e['msg']} (got {e.get('input')!r})")

@@ -24,29 +24,61 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from ownlm.config import Config, validate_config
+from ownlm.config_keys import section_field
 from ownlm.errors import ConfigError, GateRejected
 
 STAGES = ("export", "sft", "grpo", "register", "gate", "promote")
 PLACEHOLDER = "<set by the loop>"
+# The keys of each stage's config that the loop fills in (stage_config); a section may not set them.
+SET_BY_LOOP: dict[str, tuple[str, ...]] = {
+    "export": ("store_url", "out_dir"),
+    "sft": ("model", "train_file", "eval_file", "run_dir"),
+    "grpo": ("model", "run_dir", "env"),
+    "gate": ("candidate", "incumbent", "store_url", "out_dir", "domain"),
+    "promote": ("store_url", "model", "alias"),
+}
 
 
 class LoopConfig(Config):
     """One cycle of the flywheel."""
 
-    store_url: str = "sqlite:///ownlm.db"
-    work_dir: str = "runs/loop"
+    store_url: str = Field("sqlite:///ownlm.db", description="traces, feedback and the registry")
+    work_dir: str = Field("runs/loop", description="cycle-<k>/ dirs and loop_state.json")
     name: str = Field(description="registry name of the own model, e.g. app-own")
     alias: str = Field(description="the model name the app calls, where the canary is deployed")
     base_model: str = Field("smollm2-135m", description="start of the first cycle")
-    export: dict[str, Any] = Field(default_factory=dict, description="ExportConfig fields")
-    sft: dict[str, Any] | None = Field(default_factory=dict, description="SFTConfig; null: skip")
-    grpo: dict[str, Any] | None = Field(None, description="GRPOConfig fields; null: skip")
-    gate: dict[str, Any] = Field(default_factory=dict, description="GateConfig fields")
-    domain_problems: int = Field(100, ge=1, description="held-out app prompts the gate scores")
-    promote: dict[str, Any] | None = Field(
-        default_factory=dict, description="PromoteConfig fields; null: stop after the gate"
+    export: dict[str, Any] = section_field(
+        "ownlm.data.export:ExportConfig",
+        set_elsewhere=SET_BY_LOOP["export"],
+        default_factory=dict,
+        description="ExportConfig fields",
     )
-    threads: int | None = None
+    sft: dict[str, Any] | None = section_field(
+        "ownlm.train.sft:SFTConfig",
+        set_elsewhere=SET_BY_LOOP["sft"],
+        default_factory=dict,
+        description="SFTConfig fields; null: skip",
+    )
+    grpo: dict[str, Any] | None = section_field(
+        "ownlm.train.grpo:GRPOConfig",
+        set_elsewhere=SET_BY_LOOP["grpo"],
+        default=None,
+        description="GRPOConfig fields; null: skip",
+    )
+    gate: dict[str, Any] = section_field(
+        "ownlm.eval.gate:GateConfig",
+        set_elsewhere=SET_BY_LOOP["gate"],
+        default_factory=dict,
+        description="GateConfig fields",
+    )
+    domain_problems: int = Field(100, ge=1, description="held-out app prompts the gate scores")
+    promote: dict[str, Any] | None = section_field(
+        "ownlm.router.deploy:PromoteConfig",
+        set_elsewhere=SET_BY_LOOP["promote"],
+        default_factory=dict,
+        description="PromoteConfig fields; null: stop after the gate",
+    )
+    threads: int | None = Field(None, description="torch CPU threads of sft and grpo")
 
     @model_validator(mode="after")
     def _check_stages(self) -> LoopConfig:
@@ -99,6 +131,7 @@ def stage_config(cfg: LoopConfig, stage: str, cycle_dir: Path, start_model: str)
         from ownlm.router.deploy import PromoteConfig as cls
 
         owned = {"store_url": cfg.store_url, "model": PLACEHOLDER, "alias": cfg.alias}
+    assert set(owned) == set(SET_BY_LOOP[stage]), stage  # one list of what the loop sets
     section = getattr(cfg, stage) or {}
     clash = sorted(set(section) & set(owned))
     if clash:

@@ -26,19 +26,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from ownlm.config import Config, validate_config
+from ownlm.config_keys import section_field
 from ownlm.errors import ConfigError, GateRejected, OwnlmError
 
 
 class DemoConfig(Config):
     """Sizes, prices and the loop of the demo (examples/flywheel_demo.yaml)."""
 
-    work_dir: str = "runs/demo"
-    resume: bool = False
-    alias: str = "zoology"
+    work_dir: str = Field("runs/demo", description="store, loop runs, figures and dashboard")
+    resume: bool = Field(False, description="false: work_dir is wiped first; true: continue it")
+    alias: str = Field("zoology", description="the model name the app calls")
     task: str = Field("leg_counting", description="the reasoning-gym task the app asks")
     task_kwargs: dict[str, Any] | None = Field(
         None,
@@ -51,8 +52,8 @@ class DemoConfig(Config):
         "oracle of the generator's answers; default: solver for leg_counting, else oracle",
     )
     strong_model: str = Field("gpt-4.1", description="the provider model the stand-in prices as")
-    strong_price_in_usd_per_mtok: float = 2.0
-    strong_price_out_usd_per_mtok: float = 8.0
+    strong_price_in_usd_per_mtok: float = Field(2.0, description="the stand-in's input price")
+    strong_price_out_usd_per_mtok: float = Field(8.0, description="the stand-in's output price")
     strong_ttft_s: float = Field(
         0.52, ge=0, description="the stand-in's time to first token (GPT-4.1, published)"
     )
@@ -66,11 +67,42 @@ class DemoConfig(Config):
     baseline_requests: int = Field(400, ge=10, description="traffic before the own model exists")
     ab_requests: int = Field(400, ge=10, description="traffic during the canary's A/B test")
     after_requests: int = Field(120, ge=0, description="traffic after the test decided")
-    questions_per_user: int = Field(2, ge=1)
-    concurrency: int = Field(4, ge=1)
-    max_tokens: int = Field(64, ge=1)
-    loop: dict[str, Any] = Field(default_factory=dict, description="LoopConfig fields")
-    threads: int | None = 2
+    questions_per_user: int = Field(2, ge=1, description="app requests per simulated user")
+    concurrency: int = Field(4, ge=1, description="app requests in flight at once")
+    max_tokens: int = Field(64, ge=1, description="max_tokens of each app request")
+    loop: dict[str, Any] = section_field(
+        "ownlm.loop:LoopConfig",
+        set_elsewhere=("store_url", "work_dir", "name", "alias"),
+        default_factory=dict,
+        description="LoopConfig fields: the training cycle",
+    )
+    threads: int | None = Field(2, description="torch CPU threads; null: torch's default")
+
+    @model_validator(mode="after")
+    def _check_loop(self) -> DemoConfig:
+        # A misspelt loop key stops the demo here, not after the baseline traffic.
+        from ownlm.loop import LoopConfig
+
+        work = Path(self.work_dir)
+        validate_config(LoopConfig, loop_data(self, "sqlite:///demo.db", work), "demo config: loop")
+        return self
+
+
+def loop_data(cfg: DemoConfig, store_url: str, work: Path) -> dict[str, Any]:
+    """The LoopConfig fields of the demo's cycle: cfg.loop and the ones the demo sets."""
+    from ownlm.demo.app import app_verifier
+
+    data = {
+        "store_url": store_url,
+        "work_dir": str(work / "loop"),
+        "name": f"{cfg.alias}-own",
+        "alias": cfg.alias,
+        **cfg.loop,
+    }
+    export = dict(data.get("export") or {})
+    export["rl"] = {"verifier": app_verifier(cfg.task), **(export.get("rl") or {})}
+    data["export"] = export
+    return data
 
 
 def _free_port() -> int:
@@ -191,7 +223,6 @@ def _story(
     gateway: Any,
     envs: dict[str, Any],
 ) -> dict[str, Any]:
-    from ownlm.demo.app import app_verifier
     from ownlm.report.build import ReportConfig, build_report
     from ownlm.router.deploy import experiment_name
     from ownlm.store.registry import Registry
@@ -205,17 +236,7 @@ def _story(
 
     # 2. one loop cycle
     _say("\n[2/4] ownlm loop: export -> SFT -> GRPO -> register -> gate -> promote")
-    loop_data = {
-        "store_url": store_url,
-        "work_dir": str(work / "loop"),
-        "name": f"{cfg.alias}-own",
-        "alias": cfg.alias,
-        **cfg.loop,
-    }
-    export = dict(loop_data.get("export") or {})
-    export["rl"] = {"verifier": app_verifier(cfg.task), **(export.get("rl") or {})}
-    loop_data["export"] = export
-    loop_cfg = validate_config(loop_cls, loop_data, "demo config: loop")
+    loop_cfg = validate_config(loop_cls, loop_data(cfg, store_url, work), "demo config: loop")
     t0 = time.perf_counter()
     try:
         cycle = run_loop(loop_cfg)

@@ -45,9 +45,9 @@ class PromptSetConfig(Config):
         None, description="reward model or judge; default: each row's verifier"
     )
     # rewards of a row verifier's outcome (as the reasoning_gym env gives them)
-    reward_correct: float = 1.0
-    reward_wrong: float = 0.1  # an answer was found but it is not the right one
-    reward_malformed: float = 0.0  # no final answer
+    reward_correct: float = Field(1.0, description="reward of a right answer (row verifier)")
+    reward_wrong: float = Field(0.1, description="an answer was found but it is not the right one")
+    reward_malformed: float = Field(0.0, description="no final answer")
 
 
 def read_prompt_set(path: str | Path) -> list[Task]:

@@ -41,19 +41,26 @@ class ReasoningGymConfig(Config):
     """Which reasoning-gym task, how hard, and the reward for each outcome."""
 
     kind: Literal["reasoning_gym"] = "reasoning_gym"
-    task: str = DEFAULT_TASK
-    task_kwargs: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_TASK_KWARGS))
+    task: str = Field(DEFAULT_TASK, description="reasoning-gym task name, e.g. chain_sum")
+    task_kwargs: dict[str, Any] = Field(
+        default_factory=lambda: dict(DEFAULT_TASK_KWARGS),
+        description="the task generator's settings (its difficulty)",
+    )
     # reasoning-gym seeds item i with seed + i, so nearby seeds draw the same questions one apart:
     # the train seed sits far from the test seed so train questions fall outside the test pool.
-    train_seed: int = 1_000_000
-    test_seed: int = 2
-    test_pool_size: int = 1000
-    reward_correct: float = 1.0
-    reward_wrong: float = 0.1  # well formed (an answer was found) but not the right one
-    reward_malformed: float = 0.0  # no final answer in the expected format
+    train_seed: int = Field(1_000_000, description="generator seed of the training questions")
+    test_seed: int = Field(2, description="generator seed of the test questions")
+    test_pool_size: int = Field(
+        1000, description="distinct test questions; training skips all of them"
+    )
+    reward_correct: float = Field(1.0, description="reward of a right answer")
+    reward_wrong: float = Field(0.1, description="an answer was found but it is not the right one")
+    reward_malformed: float = Field(0.0, description="no final answer in the expected format")
     system_prompt: str = SYSTEM_PROMPT
     # The format instruction goes after the question in the user turn, where SmolLM2 follows it.
-    format_instruction: str = FORMAT_INSTRUCTIONS["answer_line"]
+    format_instruction: str = Field(
+        FORMAT_INSTRUCTIONS["answer_line"], description="appended to the question in the user turn"
+    )
 
 
 def _create_dataset(task: str, seed: int, size: int, kwargs: dict[str, Any]) -> Any:

@@ -47,9 +47,14 @@ class VerifierReward(Config):
     """
 
     kind: Literal["verifier"] = "verifier"
-    function: str = "exact"
-    # A float reward counts as correct at or above this value (a bool or Score says it itself).
-    correct_threshold: float = 1.0
+    function: str = Field(
+        "exact",
+        description="exact, numeric, reasoning_gym:<task>, package.module:function or "
+        "path/to/file.py:function",
+    )
+    correct_threshold: float = Field(
+        1.0, description="a float reward counts as correct at or above this"
+    )
 
 
 class RewardModelReward(Config):
@@ -61,11 +66,13 @@ class RewardModelReward(Config):
     """
 
     kind: Literal["reward_model"] = "reward_model"
-    path: str
-    normalize: Literal["none", "sigmoid", "group_z"] = "sigmoid"
+    path: str = Field(description="a reward-model run's final/ or step_N/ dir")
+    normalize: Literal["none", "sigmoid", "group_z"] = Field(
+        "sigmoid", description="none: raw score; sigmoid: to (0, 1); group_z: z-score per group"
+    )
     batch_size: int = 8
     max_seq_len: int = 512
-    correct_threshold: float = 0.5  # on the normalized reward
+    correct_threshold: float = Field(0.5, description="on the normalized reward")
 
     @model_validator(mode="after")
     def _check(self) -> RewardModelReward:
@@ -91,9 +98,11 @@ class JudgeReward(Config):
     """
 
     kind: Literal["judge"] = "judge"
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str | None = "OPENAI_API_KEY"  # None: the endpoint needs no key
-    model: str
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="env var holding the key; null: the endpoint needs none"
+    )
+    model: str = Field(description="the judge model's name at base_url")
     rubric: str = DEFAULT_RUBRIC
     scale_min: int = 1
     scale_max: int = 10
@@ -103,7 +112,7 @@ class JudgeReward(Config):
     concurrency: int = 8
     timeout_s: float = 60.0
     retries: int = 2
-    correct_threshold: float = 0.5  # on the [0, 1] reward
+    correct_threshold: float = Field(0.5, description="on the [0, 1] reward")
 
     @model_validator(mode="after")
     def _check(self) -> JudgeReward:

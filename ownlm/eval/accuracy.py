@@ -33,18 +33,26 @@ from ownlm.stats import diff_ci, wilson_interval
 class EvalConfig(Config):
     """What to evaluate, on which problems, and how to sample."""
 
-    model: str = "smollm2-135m"
+    model: str = Field(
+        "smollm2-135m", description="model dir, run dir, .gguf (engine llama_cpp) or a name"
+    )
     env: EnvConfig = env_field()
-    n_problems: int = Field(default=200, ge=1)
-    split: str = "test"
-    enable_thinking: bool = False
-    max_new_tokens: int = Field(default=48, ge=1)  # per assistant turn in a multi-turn env
-    max_episode_tokens: int = Field(default=384, ge=1)  # multi-turn envs: a whole episode
-    thinking_budget_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)  # 0: greedy
-    batch_size: int = Field(default=32, ge=1)
+    n_problems: int = Field(default=200, ge=1, description="problems scored")
+    split: str = Field("test", description="the env's split: test or train")
+    enable_thinking: bool = Field(False, description="let the chat template open a <think> block")
+    max_new_tokens: int = Field(
+        default=48, ge=1, description="per answer; per assistant turn in multi-turn envs"
+    )
+    max_episode_tokens: int = Field(
+        default=384, ge=1, description="multi-turn envs: a whole episode"
+    )
+    thinking_budget_tokens: int | None = Field(
+        default=None, ge=1, description="close the <think> block after this many tokens"
+    )
+    temperature: float = Field(default=0.0, ge=0.0, description="0: greedy")
+    batch_size: int = Field(default=32, ge=1, description="problems decoded together")
     seed: int = 0
-    out_path: str | None = None  # per-problem rows as JSONL
+    out_path: str | None = Field(None, description="write per-problem rows here as JSONL")
     engine: Literal["torch", "llama_cpp"] = Field(
         "torch",
         description="torch: ownlm's sampler on the fp32 weights; llama_cpp: the GGUF on "

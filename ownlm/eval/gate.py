@@ -54,9 +54,9 @@ from ownlm.models.load import load_model
 class Suite(Config):
     """One env and how many of its test problems the gate evaluates."""
 
-    name: str
-    env: EnvConfig
-    n_problems: int = Field(100, ge=1)
+    name: str = Field(description="label in the decision and the row files")
+    env: EnvConfig = Field(description="where the problems come from; `kind` picks the env")
+    n_problems: int = Field(100, ge=1, description="test problems scored per model")
 
 
 def default_general_suites() -> list[Suite]:
@@ -83,7 +83,9 @@ class RoutingRule(Config):
     calibration_fraction: float = Field(
         0.5, gt=0.0, lt=1.0, description="share of domain problems the threshold is chosen on"
     )
-    min_calibration_rows: int = Field(MIN_CALIBRATION_ROWS, ge=1)
+    min_calibration_rows: int = Field(
+        MIN_CALIBRATION_ROWS, ge=1, description="fewer calibration problems: the gate stops"
+    )
 
 
 class GateConfig(Config):
@@ -91,14 +93,23 @@ class GateConfig(Config):
 
     candidate: str = Field(description="model dir/run dir, or a registry reference name@version")
     incumbent: str = Field("smollm2-135m", description="what the candidate must beat")
-    domain: Suite
-    general: list[Suite] = Field(default_factory=default_general_suites)
-    min_domain_gain: float = Field(0.10, ge=0.0, le=1.0, description="accuracy points, 0.10 = +10")
-    max_general_loss: float = Field(0.02, ge=0.0, le=1.0)
-    require_significant_gain: bool = True
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(32, ge=1)
-    enable_thinking: bool = False
+    domain: Suite = Field(description="the app's held-out problems: the candidate must gain here")
+    general: list[Suite] = Field(
+        default_factory=default_general_suites,
+        description="general ability the candidate must keep; default: two arithmetic tasks",
+    )
+    min_domain_gain: float = Field(
+        0.10, ge=0.0, le=1.0, description="domain accuracy gain required, 0.10 = +10 points"
+    )
+    max_general_loss: float = Field(
+        0.02, ge=0.0, le=1.0, description="general accuracy the candidate may lose, 0.02 = 2 pt"
+    )
+    require_significant_gain: bool = Field(
+        True, description="the domain gain's paired 95% CI must lie above zero"
+    )
+    max_new_tokens: int = Field(64, ge=1, description="per answer, greedy")
+    batch_size: int = Field(32, ge=1, description="problems decoded together")
+    enable_thinking: bool = Field(False, description="let the chat template open a <think> block")
     engine: Literal["torch", "llama_cpp"] = Field(
         "llama_cpp",
         description="how both models are evaluated: llama_cpp scores the GGUF the gateway "
@@ -110,8 +121,10 @@ class GateConfig(Config):
         description="compare the routed system with what serves the app today; null: skip",
     )
     store_url: str | None = Field(None, description="registry: resolves name@version, records")
-    out_dir: str = "runs/gate"
-    threads: int | None = None
+    out_dir: str = Field("runs/gate", description="decision.json and per-problem rows")
+    threads: int | None = Field(
+        None, description="CPU threads (torch and llama.cpp); null: default"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GateConfig:

@@ -17,7 +17,7 @@ import time
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from ownlm.config import dump_config
 from ownlm.errors import DataError
@@ -50,9 +50,14 @@ class DPOConfig(FileRecipeConfig):
     resume_keys: ClassVar[tuple[str, ...]] = (*FileRecipeConfig.resume_keys, "beta")
 
     run_dir: str = "runs/dpo"
-    beta: float = 0.1
-    batch_size: int = 8  # pairs per optimizer step
-    micro_batch_size: int = 4  # pairs per forward/backward; batch_size / this = accumulation
+    beta: float = Field(
+        0.1,
+        description="scale of the implicit reward; lower lets the policy drift further from ref",
+    )
+    batch_size: int = Field(8, description="pairs per optimizer step")
+    micro_batch_size: int = Field(
+        4, description="pairs per forward/backward; batch_size / this = accumulation"
+    )
     max_steps: int = 50
     lr: float = 5e-5
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
 from ownlm.config import Config, dump_config
@@ -61,46 +61,66 @@ RESUME_KEYS = [
 class GRPOConfig(Config):
     """Every knob of a GRPO-family run."""
 
-    model: str = "smollm2-135m"
+    model: str = Field(
+        "smollm2-135m", description="policy to start from: an HF model dir, a run dir or a name"
+    )
     env: EnvConfig = env_field()
-    run_dir: str = "runs/grpo"
+    run_dir: str = Field("runs/grpo", description="checkpoints, metrics.jsonl and final/ go here")
     seed: int = 0
-    steps: int = 40
-    prompts_per_step: int = 4
-    group_size: int = 4
-    train_problems: int = 2000
+    steps: int = Field(40, description="optimizer steps (one batch of groups each)")
+    prompts_per_step: int = Field(4, description="prompts sampled per step, one group each")
+    group_size: int = Field(4, description="samples per prompt; advantages compare within one")
+    train_problems: int = Field(2000, description="size of the training task pool")
     # sampling
-    max_new_tokens: int = 48  # per assistant turn in a multi-turn env
-    max_episode_tokens: int = 384  # multi-turn envs: a whole episode, tool results included
-    temperature: float = 1.0
+    max_new_tokens: int = Field(48, description="per answer; per assistant turn in multi-turn envs")
+    max_episode_tokens: int = Field(
+        384, description="multi-turn envs: a whole episode, tool results included"
+    )
+    temperature: float = Field(1.0, description="sampling temperature; must be > 0")
     top_p: float = 1.0
-    enable_thinking: bool = False
-    thinking_budget_tokens: int | None = None
+    enable_thinking: bool = Field(False, description="let the chat template open a <think> block")
+    thinking_budget_tokens: int | None = Field(
+        None, description="close the <think> block after this many tokens; null: no limit"
+    )
     # optimisation
-    lr: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = Field(1e-5, description="learning rate (AdamW)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
-    grad_accum_steps: int = 1
-    # algorithm: one named choice. grpo: std-scaled advantages, per-sequence token mean;
-    # dr_grpo: no std scaling, sum / max_new_tokens; dapo: clip-higher, token-level mean, drops
-    # zero-variance groups; rloo: leave-one-out baseline, per-sequence token mean.
-    loss: LossName = "grpo"
-    clip_eps_low: float = 0.2
-    clip_eps_high: float | None = None  # None: 0.28 for dapo, clip_eps_low otherwise
-    beta: float = 0.0  # KL to the initial model (k3); 0 needs no reference model
-    lora: LoraSpec | None = None
-    # "random": the control run; rewards are the batch's real rewards shuffled at random, so the
-    # reward distribution and the budget stay the same but rewards carry no signal.
-    reward_mode: Literal["verifier", "random"] = "verifier"
-    eval_every_steps: int = 0  # 0: no eval during the run
-    eval_problems: int = 32
-    checkpoint_every_steps: int = 10
-    keep_checkpoints: int = 2
-    max_error_rate: float = 0.2
-    logprob_chunk_rows: int | None = None
-    threads: int | None = None
+    warmup_steps: int = Field(0, description="linear warmup from 0 to lr")
+    grad_clip: float | None = Field(1.0, description="gradient clipping norm; null: none")
+    grad_accum_steps: int = Field(
+        1, description="micro-batches per step; prompts_per_step must divide into them"
+    )
+    loss: LossName = Field(
+        "grpo",
+        description="grpo: std-scaled advantages, per-sequence token mean; dr_grpo: no std "
+        "scaling, sum / max_new_tokens; dapo: clip-higher, token-level mean, drops zero-variance "
+        "groups; rloo: leave-one-out baseline",
+    )
+    clip_eps_low: float = Field(0.2, description="PPO-style ratio clip below 1")
+    clip_eps_high: float | None = Field(
+        None, description="ratio clip above 1; null: 0.28 for dapo, clip_eps_low otherwise"
+    )
+    beta: float = Field(
+        0.0, description="KL penalty to the initial model (k3); 0 needs no reference model"
+    )
+    lora: LoraSpec | None = Field(None, description="LoRA adapters; null: train all weights")
+    # "random" keeps the reward distribution and the budget but the rewards carry no signal.
+    reward_mode: Literal["verifier", "random"] = Field(
+        "verifier",
+        description="random: the control run, the batch's real rewards shuffled at random",
+    )
+    eval_every_steps: int = Field(0, description="held-out accuracy every this many; 0: never")
+    eval_problems: int = Field(32, description="held-out problems per eval")
+    checkpoint_every_steps: int = Field(10, description="save step_N/ every this many steps")
+    keep_checkpoints: int = Field(2, description="older step_N/ dirs are deleted")
+    max_error_rate: float = Field(
+        0.2, description="stop the run when a step's share of failed rollouts exceeds this"
+    )
+    logprob_chunk_rows: int | None = Field(
+        None, description="compute logits this many rows at a time to save memory; null: all"
+    )
+    threads: int | None = Field(None, description="torch CPU threads; null: torch's default")
 
     @model_validator(mode="after")
     def _check_fits(self) -> GRPOConfig:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from ownlm.config import Config
 from ownlm.models.load import load_model
 
@@ -12,18 +14,13 @@ from ownlm.models.load import load_model
 class LoraSpec(Config):
     """LoRA adapters instead of full fine-tuning (a recipe's `lora: null` trains all weights)."""
 
-    r: int = 16
-    alpha: int = 32
+    r: int = Field(16, description="adapter rank")
+    alpha: int = Field(32, description="scaling: the update is multiplied by alpha / r")
     dropout: float = 0.0
-    targets: list[str] = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ]
+    targets: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names that get adapters",
+    )
 
 
 def add_lora(model: Any, spec: LoraSpec, resume_from: str | Path | None = None) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from ownlm.config import Config
 from ownlm.errors import ConfigError
@@ -28,30 +28,38 @@ class FileRecipeConfig(Config):
         "max_grad_norm", "lora",
     )  # fmt: skip
 
-    model: str = "smollm2-135m"
-    train_file: str
-    eval_file: str | None = None  # None: hold out eval_fraction of train_file
-    eval_fraction: float = 0.1
-    run_dir: str
-    seed: int = 0
-    max_seq_len: int = 512
-    batch_size: int = 8  # examples per optimizer step
-    micro_batch_size: int = 4  # examples per forward/backward; batch_size / this = accumulation
-    max_steps: int = 50
-    lr: float
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_steps: int = 0
+    model: str = Field(
+        "smollm2-135m", description="base model: an HF model dir, a run dir or 'smollm2-135m'"
+    )
+    train_file: str = Field(description="training JSONL (`ownlm export` writes it)")
+    eval_file: str | None = Field(None, description="held-out JSONL; null: hold out eval_fraction")
+    eval_fraction: float = Field(0.1, description="share of train_file held out when no eval_file")
+    run_dir: str = Field(description="checkpoints, metrics.jsonl and final/ go here")
+    seed: int = Field(0, description="data order, held-out split and init")
+    max_seq_len: int = Field(512, description="tokens per example; longer ones are cut or skipped")
+    batch_size: int = Field(8, description="examples per optimizer step")
+    micro_batch_size: int = Field(
+        4, description="examples per forward/backward; batch_size / this = accumulation"
+    )
+    max_steps: int = Field(50, description="optimizer steps")
+    lr: float = Field(description="peak learning rate (AdamW)")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="after warmup: constant, or cosine decay to 0 at max_steps"
+    )
+    warmup_steps: int = Field(0, description="linear warmup from 0 to lr")
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora: LoraSpec | None = LoraSpec()  # None (`lora: null`): train all weights
-    eval_every_steps: int = 10
-    save_every_steps: int = 25
-    keep_last_checkpoints: int = 2
-    resume: bool = True  # continue from the newest step_N/ in run_dir if there is one
-    # torch CPU threads; None keeps torch's default. On a busy shared machine 1 can be 3x faster
-    # than 2, because threads of one op wait for each other at every barrier.
-    threads: int | None = None
-    progress: bool = True
+    max_grad_norm: float = Field(1.0, description="gradient clipping norm")
+    lora: LoraSpec | None = Field(LoraSpec(), description="LoRA adapters; null: train all weights")
+    eval_every_steps: int = Field(
+        10, description="evaluate on the held-out set every this many steps"
+    )
+    save_every_steps: int = Field(25, description="checkpoint step_N/ every this many steps")
+    keep_last_checkpoints: int = Field(2, description="older step_N/ dirs are deleted")
+    resume: bool = Field(True, description="continue from the newest step_N/ in run_dir if any")
+    # On a busy shared machine 1 thread can be 3x faster than 2, because threads of one op wait
+    # for each other at every barrier.
+    threads: int | None = Field(None, description="torch CPU threads; null: torch's default")
+    progress: bool = Field(True, description="show a progress bar")
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Self:

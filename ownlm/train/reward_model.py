@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ownlm.config import dump_config
 from ownlm.errors import DataError
@@ -64,8 +64,10 @@ class RewardModelConfig(FileRecipeConfig):
     """Every knob of the reward-model recipe (the shared ones are in FileRecipeConfig)."""
 
     run_dir: str = "runs/rm"
-    batch_size: int = 8  # pairs per optimizer step
-    micro_batch_size: int = 4  # pairs per forward/backward; batch_size / this = accumulation
+    batch_size: int = Field(8, description="pairs per optimizer step")
+    micro_batch_size: int = Field(
+        4, description="pairs per forward/backward; batch_size / this = accumulation"
+    )
     max_steps: int = 100
     lr: float = 1e-4
     eval_every_steps: int = 25

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from ownlm.config import dump_config
@@ -45,14 +45,19 @@ class SFTConfig(FileRecipeConfig):
     """Every knob of the SFT recipe (the shared ones are in FileRecipeConfig)."""
 
     run_dir: str = "runs/sft"
-    batch_size: int = 8  # sequences per optimizer step
-    micro_batch_size: int = 4  # sequences per forward/backward; batch_size / this = accumulation
+    batch_size: int = Field(8, description="chats per optimizer step")
+    micro_batch_size: int = Field(
+        4, description="chats per forward/backward; batch_size / this = accumulation"
+    )
     max_steps: int = 50
     lr: float = 2e-4
-    # Learn what every training conversation shares (system prompt, the user turns' fixed
-    # instructions) and stop reading it: the cut goes into the saved chat template, so GRPO, the
-    # gate and the served model see the same short prompts (ownlm/models/context.py).
-    distill_context: bool = True
+    # The cut goes into the saved chat template, so GRPO, the gate and the served model see the
+    # same short prompts (ownlm/models/context.py).
+    distill_context: bool = Field(
+        True,
+        description="learn what every chat shares (system prompt, fixed instructions) and cut it "
+        "from the prompt",
+    )
 
 
 class RunSummary(BaseModel):

@@ -64,30 +64,44 @@ class SearchConfig(Config):
     """Corpus, tools and reward weights of the search env."""
 
     kind: Literal["search"] = "search"
-    seed: int = 0  # of the synthetic corpus
-    n_companies: int = Field(default=300, ge=2)  # two documents and 8 questions each
+    seed: int = Field(0, description="seed of the synthetic corpus")
+    n_companies: int = Field(
+        default=300, ge=2, description="synthetic corpus: two documents and 8 questions each"
+    )
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    docs_path: str | None = None  # your documents (JSONL or a folder of .txt); see corpus.py
-    questions_path: str | None = None  # your questions (JSONL with a split field)
-    # train only on these question kinds (e.g. [founder_bcity, founder_byear], the two-hop ones);
-    # None: all. The test split is never filtered.
-    train_kinds: list[str] | None = None
-    # how many times each train question of a kind is in the pool (kinds not named: 1), e.g.
-    # {founder_bcity: 3, founder_byear: 3} to oversample the two-hop kinds for GRPO
-    train_kind_weights: dict[str, int] | None = None
-    # worked examples before each question (scripted episodes of train questions, one per kind
-    # in turn, two-hop first): a prompting-only baseline; 0 for training
-    few_shot: int = Field(default=0, ge=0)
-    # how search ranks documents: bm25 (words), dense (MiniLM embeddings) or hybrid (both)
-    retrieval: Literal["bm25", "dense", "hybrid"] = "bm25"
-    top_k: int = Field(default=3, ge=1)
+    docs_path: str | None = Field(
+        None, description="your documents (JSONL or a folder of .txt); see corpus.py"
+    )
+    questions_path: str | None = Field(
+        None, description="your questions (JSONL with a split field)"
+    )
+    train_kinds: list[str] | None = Field(
+        None,
+        description="train only on these question kinds (e.g. [founder_bcity, founder_byear], "
+        "the two-hop ones); null: all. The test split is never filtered",
+    )
+    train_kind_weights: dict[str, int] | None = Field(
+        None,
+        description="copies of each train question of a kind in the pool (others: 1), e.g. "
+        "{founder_bcity: 3} to oversample it for GRPO",
+    )
+    few_shot: int = Field(
+        default=0,
+        ge=0,
+        description="scripted worked episodes before each question: a prompting-only baseline; "
+        "0 for training",
+    )
+    retrieval: Literal["bm25", "dense", "hybrid"] = Field(
+        "bm25", description="how search ranks: bm25 (words), dense (MiniLM embeddings) or both"
+    )
+    top_k: int = Field(default=3, ge=1, description="documents a search returns")
     snippet_chars: int = Field(default=200, ge=20)
-    max_turns: int = Field(default=4, ge=1)
+    max_turns: int = Field(default=4, ge=1, description="model turns per episode")
     answer_metric: Literal["f1", "em"] = "f1"
     reward_answer: float = 1.0
     reward_citation: float = 0.5
     reward_format: float = 0.1
-    system_prompt: str = SYSTEM_PROMPT  # `{tools}` is replaced by the tool list
+    system_prompt: str = Field(SYSTEM_PROMPT, description="`{tools}` is replaced by the tool list")
 
 
 class SearchEnv:
