@@ -26,10 +26,10 @@ class UpstreamConfig(Config):
     base_url: str = Field("", description="e.g. https://api.openai.com/v1 (kind openai)")
     api_key_env: str | None = Field(None, description="env var holding the upstream's API key")
     timeout_s: float = Field(60.0, gt=0, description="whole reply; for streams, between chunks")
-    connect_timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0, description="to open a connection")
     max_retries: int = Field(1, ge=0, description="extra tries on connect errors, 429 and 5xx")
-    retry_backoff_s: float = Field(0.05, ge=0)
-    max_connections: int = Field(1000, ge=1)
+    retry_backoff_s: float = Field(0.05, ge=0, description="wait before the first retry")
+    max_connections: int = Field(1000, ge=1, description="connection pool size")
     model_path: str | None = Field(
         None, description="kinds llama_cpp and local: model dir, run dir, .gguf or 'smollm2-135m'"
     )
@@ -67,12 +67,12 @@ class EscalateConfig(Config):
 class ModelConfig(Config):
     """A model name clients may send and the router may pick (a variant)."""
 
-    upstream: str
+    upstream: str = Field(description="a name in upstreams")
     model: str | None = Field(None, description="name sent upstream; default: this entry's name")
     fallbacks: list[str] = Field(default_factory=list, description="models tried on failure")
     cache: bool = Field(False, description="exact-match cache for every request to this model")
-    price_in_usd_per_mtok: float = Field(0.0, ge=0)
-    price_out_usd_per_mtok: float = Field(0.0, ge=0)
+    price_in_usd_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens")
+    price_out_usd_per_mtok: float = Field(0.0, ge=0, description="USD per million output tokens")
     escalate: EscalateConfig | None = Field(
         None, description="own models on llama_cpp: send unsure answers' requests elsewhere"
     )
@@ -81,35 +81,45 @@ class ModelConfig(Config):
 class KeyConfig(Config):
     """A static API key from the config file (created keys live in the store)."""
 
-    name: str
-    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    rate_per_s: float = Field(50.0, gt=0)
-    burst: int = Field(100, ge=1)
-    budget_usd: float | None = Field(None, ge=0)
+    name: str = Field(description="shown on traces and in errors")
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex of the key")
+    rate_per_s: float = Field(50.0, gt=0, description="requests per second (token bucket)")
+    burst: int = Field(100, ge=1, description="requests allowed at once above the rate")
+    budget_usd: float | None = Field(None, ge=0, description="spend limit; null: none")
 
 
 class GatewayConfig(Config):
     """Everything `ownlm serve` needs."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8400, ge=0, le=65535)
-    store_url: str = "sqlite:///ownlm.db"
-    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
-    router: RouterConfig = Field(default_factory=RouterConfig)
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8400, ge=0, le=65535, description="port to listen on")
+    store_url: str = Field("sqlite:///ownlm.db", description="where traces and feedback go")
+    upstreams: dict[str, UpstreamConfig] = Field(
+        default_factory=dict, description="servers that answer, by name"
+    )
+    models: dict[str, ModelConfig] = Field(
+        default_factory=dict, description="model names clients send (variants), by name"
+    )
+    router: RouterConfig = Field(
+        default_factory=RouterConfig, description="routes, policies and A/B experiments"
+    )
     require_keys: bool = Field(True, description="false: anyone may call /v1 (local use)")
     admin_key_env: str = Field("OWNLM_ADMIN_KEY", description="env var holding the admin key")
-    admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    keys: list[KeyConfig] = Field(default_factory=list)
+    admin_key_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="sha256 hex of the admin key, instead of env"
+    )
+    keys: list[KeyConfig] = Field(default_factory=list, description="static API keys")
     default_rate_per_s: float = Field(50.0, gt=0, description="for keys created by the admin")
-    default_burst: int = Field(100, ge=1)
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    cache_max_entries: int = Field(10_000, ge=0)
-    cache_ttl_s: float = Field(3600.0, gt=0)
+    default_burst: int = Field(100, ge=1, description="for keys created by the admin")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger requests get a 413")
+    cache_max_entries: int = Field(10_000, ge=0, description="exact-match cache size")
+    cache_ttl_s: float = Field(3600.0, gt=0, description="a cached reply expires after this")
     flush_interval_ms: float = Field(100.0, gt=0, description="trace writer batch interval")
-    max_batch: int = Field(500, ge=1)
+    max_batch: int = Field(500, ge=1, description="traces per store write")
     max_queue: int = Field(20_000, ge=1, description="traces waiting beyond this are dropped")
-    arm_stats_interval_s: float = Field(5.0, gt=0)
+    arm_stats_interval_s: float = Field(
+        5.0, gt=0, description="how often A/B arm stats are read and tested"
+    )
     deploy_refresh_s: float = Field(
         2.0, gt=0, description="how often the deployment log (ownlm promote) is read"
     )
@@ -121,7 +131,7 @@ class GatewayConfig(Config):
     own_price_in_usd_per_mtok: float = Field(
         0.0, ge=0, description="price of deployed own models, for cost and savings reports"
     )
-    own_price_out_usd_per_mtok: float = Field(0.0, ge=0)
+    own_price_out_usd_per_mtok: float = Field(0.0, ge=0, description="output tokens")
 
     @model_validator(mode="after")
     def _check_names(self) -> GatewayConfig:

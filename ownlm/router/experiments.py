@@ -36,16 +36,22 @@ class ExperimentConfig(Config):
     """One A/B experiment: arms (variant name -> traffic weight) and its decision rule."""
 
     arms: dict[str, float] = Field(description="variant name -> share of traffic; sums to 1")
-    auto_shift: bool = True
-    metric: Literal["success_rate", "mean_reward"] = "success_rate"
+    auto_shift: bool = Field(True, description="move traffic off an arm the test shows worse")
+    metric: Literal["success_rate", "mean_reward"] = Field(
+        "success_rate", description="what the test compares: feedback successes or mean score"
+    )
     alpha: float = Field(
         default=0.05, gt=0.0, le=0.5, description="false-positive rate of the test"
     )
     effect_sd: float = Field(
         default=0.1, gt=0.0, description="sd of the mSPRT mixing prior on the reward difference"
     )
-    min_feedback_per_arm: int = Field(default=100, ge=1)
-    min_exploration: float = Field(default=0.05, ge=0.0, lt=0.5)
+    min_feedback_per_arm: int = Field(
+        default=100, ge=1, description="no decision before every arm has this much feedback"
+    )
+    min_exploration: float = Field(
+        default=0.05, ge=0.0, lt=0.5, description="share of traffic an eliminated arm keeps"
+    )
     cost_penalty_per_usd: float = Field(
         default=0.0, ge=0.0, description="reward units subtracted per USD of mean cost per trace"
     )

@@ -81,13 +81,15 @@ class Decision:
 class Match(Config):
     """Conditions on a request; all given ones must hold. An empty Match matches everything."""
 
-    users: list[str] | None = None
+    users: list[str] | None = Field(None, description="the request's user is one of these")
     tags: dict[str, list[str]] = Field(
         default_factory=dict, description="tag key -> accepted values, e.g. {tier: [pro]}"
     )
-    min_prompt_tokens: int | None = Field(default=None, ge=0)
+    min_prompt_tokens: int | None = Field(
+        default=None, ge=0, description="prompt size as the router counts it"
+    )
     max_prompt_tokens: int | None = Field(default=None, ge=0)
-    min_messages: int | None = Field(default=None, ge=0)
+    min_messages: int | None = Field(default=None, ge=0, description="messages in the request")
     max_messages: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
@@ -117,29 +119,29 @@ class RulePolicy(Config):
     """Send matching requests to `variant`."""
 
     kind: Literal["rule"]
-    name: str | None = None
-    when: Match = Match()
-    variant: str
+    name: str | None = Field(None, description="shown in the trace's routing reason")
+    when: Match = Field(Match(), description="conditions; empty: every request")
+    variant: str = Field(description="the model entry that answers")
 
 
 class DifficultyPolicy(Config):
     """Send requests whose difficulty score is >= threshold to `variant`; else fall through."""
 
     kind: Literal["difficulty"]
-    name: str | None = None
-    when: Match = Match()
+    name: str | None = Field(None, description="shown in the trace's routing reason")
+    when: Match = Field(Match(), description="conditions; empty: every request")
     classifier: str = Field(description="weights file written by `ownlm router train`")
-    threshold: float = Field(ge=0.0, le=1.0)
-    variant: str
+    threshold: float = Field(ge=0.0, le=1.0, description="difficulty score from which it applies")
+    variant: str = Field(description="the model entry for hard requests")
 
 
 class ExperimentPolicy(Config):
     """Assign matching requests to an arm of an experiment from `RouterConfig.experiments`."""
 
     kind: Literal["experiment"]
-    name: str | None = None
-    when: Match = Match()
-    experiment: str
+    name: str | None = Field(None, description="shown in the trace's routing reason")
+    when: Match = Field(Match(), description="conditions; empty: every request")
+    experiment: str = Field(description="a name in router.experiments")
 
 
 Policy = Annotated[RulePolicy | DifficultyPolicy | ExperimentPolicy, Field(discriminator="kind")]
@@ -148,8 +150,10 @@ Policy = Annotated[RulePolicy | DifficultyPolicy | ExperimentPolicy, Field(discr
 class RouteConfig(Config):
     """Policies tried in order for one alias, and the variant used when none decides."""
 
-    default: str
-    policies: list[Policy] = Field(default_factory=list)
+    default: str = Field(description="the variant when no policy decides")
+    policies: list[Policy] = Field(
+        default_factory=list, description="tried in order; `kind` is rule, difficulty or experiment"
+    )
 
 
 class RouterConfig(Config):
@@ -159,9 +163,15 @@ class RouterConfig(Config):
         default_factory=list,
         description="variants rules may name; if empty, Router(cfg, known_variants=...) checks",
     )
-    experiments: dict[str, ExperimentConfig] = Field(default_factory=dict)
-    routes: dict[str, RouteConfig] = Field(default_factory=dict)
-    embedding_cache_size: int = Field(default=4096, ge=0)
+    experiments: dict[str, ExperimentConfig] = Field(
+        default_factory=dict, description="A/B tests by name (`ownlm promote` adds them)"
+    )
+    routes: dict[str, RouteConfig] = Field(
+        default_factory=dict, description="per model name clients send: policies and a default"
+    )
+    embedding_cache_size: int = Field(
+        default=4096, ge=0, description="prompt embeddings kept for difficulty policies"
+    )
     embedding_threads: int = Field(
         default=1, ge=1, description="torch threads per embedding; 1 is fastest on a busy CPU"
     )
