@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from ownlm.errors import StoreError
-from ownlm.gateway import admin, deployments
+from ownlm.gateway import admin, deployments, responses
 from ownlm.gateway.asgi import (
     ClientGone,
     Receive,
@@ -102,6 +102,7 @@ class Gateway:
             ("GET", "/v1/models"): self.list_models,
             ("GET", "/health"): self.health,
             **admin.routes(self),
+            **responses.routes(self),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,7 +111,11 @@ class Gateway:
             return
         if scope["type"] != "http":
             return
-        handler = self.routes.get((scope["method"], scope["path"]))
+        method, path = scope["method"], scope["path"]
+        # a route ending in /{id} matches any last path segment (GET /v1/responses/{id})
+        handler = self.routes.get((method, path)) or self.routes.get(
+            (method, path.rsplit("/", 1)[0] + "/{id}")
+        )
         try:
             if handler is None:
                 raise WireError(
