@@ -7,9 +7,10 @@ is reported with the file, the dotted key and the closest known key.
 from __future__ import annotations
 
 import difflib
+import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -57,10 +58,34 @@ def models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
 
 
+def kind_of(model: type[BaseModel]) -> str | None:
+    """The tag of a tagged-union member: its `kind` field's default or single Literal value."""
+    field = model.model_fields.get("kind")
+    if field is None:
+        return None
+    if isinstance(field.default, str):
+        return field.default
+    values = typing.get_args(field.annotation)
+    return str(values[0]) if typing.get_origin(field.annotation) is Literal and values else None
+
+
+def _container_depth(annotation: Any) -> int:
+    """How many list indices and dict keys stand between a field and its models in a loc:
+    `dict[str, ModelConfig]` 1, `list[Policy]` 1, `LoraSpec | None` 0."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _container_depth(args[0])
+    if origin in (Union, types.UnionType):
+        return max((_container_depth(a) for a in args if models_in(a)), default=0)
+    if origin in (list, tuple, set, frozenset, dict):
+        return 1 + (_container_depth(args[-1]) if args else 0)
+    return 0
+
+
 def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str], list[str]]:
-    """Walk the model along loc (skipping list indices and dict keys) and return (bad key,
-    known keys at that level, the path as the user wrote it). In a tagged union, pydantic puts
-    the tag (the `kind`) in loc; the path leaves it out."""
+    """Walk the model along loc and return (bad key, known keys at that level, the path as the
+    user wrote it). In a tagged union, pydantic puts the tag (the `kind`) in loc after the list
+    index or dict key; the path leaves it out."""
     model: type[BaseModel] = cls
     parts = list(loc[:-1])
     path: list[str] = []
@@ -68,17 +93,17 @@ def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[
         part = parts.pop(0)
         path.append(str(part))
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            continue  # a list index or a dict key: stay on the element's model
-        inner = models_in(field.annotation)
-        if not inner:
+        inner = models_in(field.annotation) if field is not None else []
+        if field is None or not inner:
             return str(loc[-1]), [], path + [str(p) for p in parts]
+        for _ in range(_container_depth(field.annotation)):
+            if parts:
+                path.append(str(parts.pop(0)))
         model = inner[0]
-        for m in inner:
-            kind = m.model_fields.get("kind")
-            if parts and kind is not None and kind.default == parts[0]:
-                model = m
-                parts.pop(0)
+        tagged = [m for m in inner if parts and len(inner) > 1 and kind_of(m) == parts[0]]
+        if tagged:
+            model = tagged[0]
+            parts.pop(0)
     return str(loc[-1]), list(model.model_fields), path
 
 

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 
-from ownlm.config import models_in
+from ownlm.config import kind_of, models_in
 
 MAX_DEFAULT_CHARS = 40
 MAX_DEPTH = 6
@@ -211,8 +211,8 @@ def _walk(
             children.append((cls, None, f"{key}.", key, f"{cls.__name__} keys{note}", skip))
         where = key + _element_path(field.annotation)
         for m in models:
-            kind = m.model_fields.get("kind")
-            tag = f", kind {kind.default}" if len(models) > 1 and kind is not None else ""
+            kind = kind_of(m)
+            tag = f", kind {kind}" if len(models) > 1 and kind is not None else ""
             own = default if type(default) is m else None
             children.append((m, own, f"{where}.", f"{where}{tag}", _summary(m), ()))
     if depth < MAX_DEPTH:
