@@ -65,34 +65,53 @@ _STRUCTURE_KEYS = frozenset({"role", "type", "id", "tool_call_id"})
 class DedupeConfig(Config):
     """Duplicate removal within each kind; the first trace by time is kept."""
 
-    near_threshold: float | None = Field(0.8, gt=0.0, le=1.0)  # None: exact duplicates only
-    sft_on: Literal["prompt", "prompt_and_answer"] = "prompt"
+    near_threshold: float | None = Field(
+        0.8, gt=0.0, le=1.0, description="similarity from which texts are duplicates; null: exact"
+    )
+    sft_on: Literal["prompt", "prompt_and_answer"] = Field(
+        "prompt", description="what must repeat for an SFT chat to be a duplicate"
+    )
 
 
 class PairsConfig(Config):
     """Preference pairs: best and worst rated answer of each prompt."""
 
-    min_reward_gap: float = Field(0.0, ge=0.0)  # chosen reward - rejected reward must exceed it
+    min_reward_gap: float = Field(
+        0.0, ge=0.0, description="chosen reward - rejected reward must exceed this"
+    )
 
 
 class RLConfig(Config):
     """RL prompt sets: every row gets this verifier name and the reference from metadata."""
 
-    verifier: str = ""  # e.g. "reasoning_gym:chain_sum"; required when "rl" is in kinds
-    answer_key: str | None = "answer"  # trace.metadata key holding the reference answer
+    verifier: str = Field(
+        "", description="e.g. reasoning_gym:chain_sum; required when kinds has rl"
+    )
+    answer_key: str | None = Field(
+        "answer", description="trace.metadata key holding the reference answer"
+    )
 
 
 class ExportConfig(Config):
     """Everything `ownlm export` does; see docs/export.md."""
 
-    store_url: str = "sqlite:///ownlm.db"
-    out_dir: str = "datasets/export"
-    kinds: list[Kind] = Field(default_factory=lambda: ["sft", "pairs"], min_length=1)
-    filters: FilterConfig = FilterConfig()
-    dedupe: DedupeConfig | None = DedupeConfig()  # null: keep duplicates
-    redact: RedactConfig | None = RedactConfig()  # null: write texts as stored
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    seed: int = 0
+    store_url: str = Field("sqlite:///ownlm.db", description="where the traces are")
+    out_dir: str = Field("datasets/export", description="the JSONL files go here")
+    kinds: list[Kind] = Field(
+        default_factory=lambda: ["sft", "pairs"],
+        min_length=1,
+        description="sft: chats; pairs: preference pairs; rl: prompt sets with a verifier",
+    )
+    filters: FilterConfig = Field(FilterConfig(), description="which traces are exported")
+    dedupe: DedupeConfig | None = Field(DedupeConfig(), description="null: keep duplicates")
+    redact: RedactConfig | None = Field(RedactConfig(), description="null: write texts as stored")
+    eval_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="share held out for eval (grouped, so related traces stay on one side)",
+    )
+    seed: int = Field(0, description="of the held-out split")
     pairs: PairsConfig = PairsConfig()
     rl: RLConfig = RLConfig()
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
+from pydantic import Field
+
 from ownlm.config import Config
 from ownlm.store.schema import Feedback, Trace
 
@@ -24,14 +26,19 @@ FeedbackRule = Literal["any", "not_negative", "positive"]
 class FilterConfig(Config):
     """Trace filters; every list is 'any of', an empty list or null disables that filter."""
 
-    aliases: list[str] = []
-    variants: list[str] = []
-    upstream_models: list[str] = []
-    since: datetime | None = None  # ISO time or unix seconds; created_at >= since
-    until: datetime | None = None  # created_at < until
-    tags: list[str] = []  # keep traces with at least one of these tags
-    max_cost_usd: float | None = None
-    feedback: FeedbackRule = "not_negative"
+    aliases: list[str] = Field([], description="model names the app called")
+    variants: list[str] = Field([], description="variants that answered")
+    upstream_models: list[str] = Field([], description="model names sent upstream")
+    since: datetime | None = Field(
+        None, description="ISO time or unix seconds; created_at >= since"
+    )
+    until: datetime | None = Field(None, description="created_at < until")
+    tags: list[str] = Field([], description="keep traces with at least one of these tags")
+    max_cost_usd: float | None = Field(None, description="drop traces that cost more")
+    feedback: FeedbackRule = Field(
+        "not_negative",
+        description="any; not_negative: no thumbs-down; positive: a thumbs-up, none down",
+    )
 
 
 def unix_seconds(when: datetime) -> float:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import phonenumbers
+from pydantic import Field
 
 from ownlm.config import Config
 
@@ -42,9 +43,11 @@ Span = tuple[int, int, str]  # (start, end, placeholder label)
 class RedactConfig(Config):
     """Which optional detectors run; emails, phones, cards and secrets always do."""
 
-    phone_regions: list[str] = ["US"]  # regions whose national formats count as phone numbers
-    ibans: bool = True
-    ips: bool = False
+    phone_regions: list[str] = Field(
+        ["US"], description="regions whose national formats count as phone numbers"
+    )
+    ibans: bool = Field(True, description="redact IBANs")
+    ips: bool = Field(False, description="redact IP addresses")
 
 
 @dataclass

@@ -56,7 +56,7 @@ class ReasoningGymConfig(Config):
     reward_correct: float = Field(1.0, description="reward of a right answer")
     reward_wrong: float = Field(0.1, description="an answer was found but it is not the right one")
     reward_malformed: float = Field(0.0, description="no final answer in the expected format")
-    system_prompt: str = SYSTEM_PROMPT
+    system_prompt: str = Field(SYSTEM_PROMPT, description="the system turn of every prompt")
     # The format instruction goes after the question in the user turn, where SmolLM2 follows it.
     format_instruction: str = Field(
         FORMAT_INSTRUCTIONS["answer_line"], description="appended to the question in the user turn"

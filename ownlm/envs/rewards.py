@@ -70,8 +70,8 @@ class RewardModelReward(Config):
     normalize: Literal["none", "sigmoid", "group_z"] = Field(
         "sigmoid", description="none: raw score; sigmoid: to (0, 1); group_z: z-score per group"
     )
-    batch_size: int = 8
-    max_seq_len: int = 512
+    batch_size: int = Field(8, description="completions scored at once")
+    max_seq_len: int = Field(512, description="tokens of prompt and completion scored")
     correct_threshold: float = Field(0.5, description="on the normalized reward")
 
     @model_validator(mode="after")
@@ -103,15 +103,15 @@ class JudgeReward(Config):
         "OPENAI_API_KEY", description="env var holding the key; null: the endpoint needs none"
     )
     model: str = Field(description="the judge model's name at base_url")
-    rubric: str = DEFAULT_RUBRIC
-    scale_min: int = 1
-    scale_max: int = 10
-    include_reference: bool = True
+    rubric: str = Field(DEFAULT_RUBRIC, description="what the judge is told to grade on")
+    scale_min: int = Field(1, description="lowest grade; reward 0")
+    scale_max: int = Field(10, description="highest grade; reward 1")
+    include_reference: bool = Field(True, description="show the judge the reference answer")
     temperature: float = 0.0
-    max_tokens: int = 256
-    concurrency: int = 8
-    timeout_s: float = 60.0
-    retries: int = 2
+    max_tokens: int = Field(256, description="of the judge's reply")
+    concurrency: int = Field(8, description="judge calls in flight at once")
+    timeout_s: float = Field(60.0, description="per judge call")
+    retries: int = Field(2, description="extra tries of a failed call")
     correct_threshold: float = Field(0.5, description="on the [0, 1] reward")
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ownlm.config import Config
 from ownlm.errors import ModelLoadError
@@ -30,11 +30,13 @@ CHECK_PROMPT = [{"role": "user", "content": "What is 12 + 7?"}]
 class ConvertConfig(Config):
     """Which GGUF to convert and where; None means the SmolLM2 GGUF and the cache dir."""
 
-    gguf_path: str | None = None
-    out_dir: str | None = None
-    overwrite: bool = False
-    verify: bool = True  # compare greedy tokens of the converted and the GGUF-loaded model
-    verify_new_tokens: int = 16
+    gguf_path: str | None = Field(None, description="the GGUF to read; null: SmolLM2's")
+    out_dir: str | None = Field(None, description="where the safetensors go; null: the cache dir")
+    overwrite: bool = Field(False, description="convert again even if out_dir holds a model")
+    verify: bool = Field(
+        True, description="compare greedy tokens of the converted and the GGUF-loaded model"
+    )
+    verify_new_tokens: int = Field(16, description="tokens compared by verify")
 
 
 class ConvertSummary(BaseModel):

@@ -25,8 +25,10 @@ class ExportGGUFConfig(Config):
     """Which model, which GGUF types."""
 
     model: str = Field(description="model name, HF dir, run dir or LoRA adapter dir")
-    quantizations: list[Quantization] = Field(default_factory=lambda: ["f16", "q8_0"], min_length=1)
-    overwrite: bool = False
+    quantizations: list[Quantization] = Field(
+        default_factory=lambda: ["f16", "q8_0"], min_length=1, description="GGUF types to write"
+    )
+    overwrite: bool = Field(False, description="write files that exist again")
 
 
 class ExportGGUFSummary(BaseModel):

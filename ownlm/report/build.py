@@ -37,14 +37,14 @@ MAX_BUCKETS = 2000  # points per series; more makes a slow, unreadable page
 class ModelPrice(Config):
     """Prices of one model, USD per 1M tokens."""
 
-    in_usd_per_mtok: float = Field(ge=0)
-    out_usd_per_mtok: float = Field(ge=0)
+    in_usd_per_mtok: float = Field(ge=0, description="USD per million prompt tokens")
+    out_usd_per_mtok: float = Field(ge=0, description="USD per million output tokens")
 
 
 class ReportConfig(Config):
     """Everything `ownlm report` needs."""
 
-    store_url: str = "sqlite:///ownlm.db"
+    store_url: str = Field("sqlite:///ownlm.db", description="where the traces are")
     gateway_config: str | None = Field(
         None, description="ownlm.yaml: local-upstream models count as own; model prices"
     )
@@ -65,12 +65,14 @@ class ReportConfig(Config):
         0.0, le=0, description="value of a rated failure with none: what a wrong answer costs"
     )
     success_min_score: float = Field(0.5, description="a score >= this is a success")
-    bucket: Literal["auto", "minute", "hour", "day"] = "auto"
+    bucket: Literal["auto", "minute", "hour", "day"] = Field(
+        "auto", description="time bucket of the dashboard's series"
+    )
     since: datetime | None = Field(None, description="ISO time or unix seconds; naive = UTC")
-    until: datetime | None = None
+    until: datetime | None = Field(None, description="traces before this time")
     split_at: datetime | None = Field(None, description="TFP before/after this time")
     split_at_variant: str | None = Field(None, description="... or the first trace of this one")
-    title: str = "ownlm: TFP and savings"
+    title: str = Field("ownlm: TFP and savings", description="the dashboard's title")
     out: str | None = Field(None, description="write the HTML dashboard here")
     json_out: str | None = Field(None, description="write the figures as JSON here")
 

@@ -33,22 +33,24 @@ class StoreLabels(Config):
     hard_below_score: float = Field(
         default=0.5, description="a feedback score below this is 'hard'"
     )
-    max_traces: int = Field(default=100_000, ge=1)
+    max_traces: int = Field(default=100_000, ge=1, description="traces read at most, oldest first")
 
 
 class ClassifierTrainConfig(Config):
     """`ownlm router train`: where labelled texts come from and where the classifier goes."""
 
     data: str | None = Field(default=None, description="JSONL of {text, label}; or give `store`")
-    store: StoreLabels | None = None
-    out: str = "runs/router/difficulty.safetensors"
-    holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    store: StoreLabels | None = Field(None, description="label a store's traces; or give `data`")
+    out: str = Field("runs/router/difficulty.safetensors", description="the classifier weights")
+    holdout_fraction: float = Field(
+        default=0.2, ge=0.0, lt=1.0, description="share held out to report accuracy"
+    )
     l2: float = Field(
         default=1e-3, ge=0.0, description="ridge penalty on the weights (not the bias)"
     )
-    max_iters: int = Field(default=50, ge=1)
+    max_iters: int = Field(default=50, ge=1, description="Newton iterations of the fit")
     max_length: int = Field(default=128, ge=8, le=256, description="tokens of each text embedded")
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="texts embedded at once")
     num_threads: int = Field(default=1, ge=1, description="torch threads for embedding")
     seed: int = 0
 

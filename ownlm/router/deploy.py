@@ -32,26 +32,36 @@ from ownlm.store.trace_store import TraceStore
 class CanaryTest(Config):
     """The A/B test a canary runs in (fields of ExperimentConfig, arms aside)."""
 
-    metric: Literal["success_rate", "mean_reward"] = "mean_reward"
-    alpha: float = Field(0.05, gt=0.0, le=0.5)
-    effect_sd: float = Field(0.1, gt=0.0)
-    min_feedback_per_arm: int = Field(100, ge=1)
-    min_exploration: float = Field(0.05, ge=0.0, lt=0.5)
-    cost_penalty_per_usd: float = Field(0.0, ge=0.0)
-    failure_penalty: float = Field(0.0, ge=0.0, description="metric success_rate")
+    metric: Literal["success_rate", "mean_reward"] = Field(
+        "mean_reward", description="what the test compares: feedback successes or mean score"
+    )
+    alpha: float = Field(0.05, gt=0.0, le=0.5, description="false-positive rate of the test")
+    effect_sd: float = Field(0.1, gt=0.0, description="sd of the mSPRT mixing prior")
+    min_feedback_per_arm: int = Field(
+        100, ge=1, description="no decision before every arm has this much feedback"
+    )
+    min_exploration: float = Field(
+        0.05, ge=0.0, lt=0.5, description="share of traffic an eliminated arm keeps"
+    )
+    cost_penalty_per_usd: float = Field(
+        0.0, ge=0.0, description="reward units subtracted per USD of mean cost per trace"
+    )
+    failure_penalty: float = Field(
+        0.0, ge=0.0, description="metric success_rate: a failure scores -this, a success 1"
+    )
 
 
 class PromoteConfig(Config):
     """Which version, on which alias, against what, with how much traffic."""
 
-    store_url: str = "sqlite:///ownlm.db"
+    store_url: str = Field("sqlite:///ownlm.db", description="the registry and deployment log")
     model: str = Field(description="registry reference, e.g. app-own@2")
     alias: str = Field(description="the model name the app calls")
     incumbent: str | None = Field(
         None, description="variant that serves the alias now; default: the live deployment's"
     )
     canary_weight: float = Field(0.1, gt=0.0, lt=1.0, description="share of traffic to start")
-    test: CanaryTest = Field(default_factory=CanaryTest)
+    test: CanaryTest = Field(default_factory=CanaryTest, description="the A/B test's rule")
     force: bool = Field(False, description="promote even if the gate did not approve it")
     escalate: bool = Field(
         True,
@@ -63,9 +73,9 @@ class PromoteConfig(Config):
 class RollbackConfig(Config):
     """Which alias to roll back."""
 
-    store_url: str = "sqlite:///ownlm.db"
-    alias: str
-    reason: str = "rolled back by hand"
+    store_url: str = Field("sqlite:///ownlm.db", description="the registry and deployment log")
+    alias: str = Field(description="the model name the app calls")
+    reason: str = Field("rolled back by hand", description="recorded with the rollback")
 
 
 def promote(cfg: PromoteConfig) -> Deployment:

@@ -63,9 +63,9 @@ SPECS: tuple[tuple[str, dict[str, Any], int], ...] = (
 class DifficultySetConfig(Config):
     """`ownlm router labels`: how many prompts per (family, setting) and where to write them."""
 
-    out: str = "runs/router/labelled.jsonl"
-    per_spec: int = Field(default=40, ge=1)
-    seed: int = 0
+    out: str = Field("runs/router/labelled.jsonl", description="the labelled JSONL")
+    per_spec: int = Field(default=40, ge=1, description="prompts per (family, setting)")
+    seed: int = Field(0, description="of the reasoning-gym generators")
 
 
 class DifficultySetSummary(BaseModel):

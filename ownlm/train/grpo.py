@@ -66,7 +66,7 @@ class GRPOConfig(Config):
     )
     env: EnvConfig = env_field()
     run_dir: str = Field("runs/grpo", description="checkpoints, metrics.jsonl and final/ go here")
-    seed: int = 0
+    seed: int = Field(0, description="sampling, task order and init")
     steps: int = Field(40, description="optimizer steps (one batch of groups each)")
     prompts_per_step: int = Field(4, description="prompts sampled per step, one group each")
     group_size: int = Field(4, description="samples per prompt; advantages compare within one")
@@ -77,7 +77,7 @@ class GRPOConfig(Config):
         384, description="multi-turn envs: a whole episode, tool results included"
     )
     temperature: float = Field(1.0, description="sampling temperature; must be > 0")
-    top_p: float = 1.0
+    top_p: float = Field(1.0, description="nucleus sampling; 1: off")
     enable_thinking: bool = Field(False, description="let the chat template open a <think> block")
     thinking_budget_tokens: int | None = Field(
         None, description="close the <think> block after this many tokens; null: no limit"
@@ -85,7 +85,7 @@ class GRPOConfig(Config):
     # optimisation
     lr: float = Field(1e-5, description="learning rate (AdamW)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, description="AdamW weight decay")
     warmup_steps: int = Field(0, description="linear warmup from 0 to lr")
     grad_clip: float | None = Field(1.0, description="gradient clipping norm; null: none")
     grad_accum_steps: int = Field(

@@ -16,7 +16,7 @@ class LoraSpec(Config):
 
     r: int = Field(16, description="adapter rank")
     alpha: int = Field(32, description="scaling: the update is multiplied by alpha / r")
-    dropout: float = 0.0
+    dropout: float = Field(0.0, description="dropout on the adapter input")
     targets: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="module names that get adapters",

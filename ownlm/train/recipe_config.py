@@ -47,7 +47,7 @@ class FileRecipeConfig(Config):
         "cosine", description="after warmup: constant, or cosine decay to 0 at max_steps"
     )
     warmup_steps: int = Field(0, description="linear warmup from 0 to lr")
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, description="gradient clipping norm")
     lora: LoraSpec | None = Field(LoraSpec(), description="LoRA adapters; null: train all weights")
     eval_every_steps: int = Field(
