@@ -33,11 +33,12 @@ MAX_DEPTH = 6
 
 @dataclass(frozen=True)
 class KeyDoc:
-    """One settable key: `env.task_kwargs.max_terms`, `int`, `2`, its description (maybe '')."""
+    """One settable key: `env.task_kwargs.max_terms`, `int`, `2` (None: required), its
+    description ('' when the field has none)."""
 
     key: str
     type: str
-    default: str
+    default: str | None
     description: str
 
 
@@ -198,12 +199,12 @@ def _walk(
             continue
         key = prefix + name
         default = getattr(instance, name) if instance is not None else _default_of(field)
-        shown = "required" if default is _REQUIRED else default_text(default)
+        shown = None if default is _REQUIRED else default_text(default)
         rows.append(KeyDoc(key, type_name(field.annotation), shown, _description(model, name)))
         models = models_in(field.annotation)
         if isinstance(default, dict) and default and not models:
             for k, v in default.items():
-                rows.append(KeyDoc(f"{key}.{k}", type(v).__name__, default_text(v), ""))
+                rows.append(KeyDoc(f"{key}.{k}", type_name(type(v)), default_text(v), ""))
         inner = _fields_of(field)
         if inner is not None:
             cls, skip = inner
@@ -224,16 +225,22 @@ def format_config_keys(cls: type[BaseModel], width: int | None = None) -> str:
     """The --help text listing every key of cls, grouped by section, wrapped at width."""
     if width is None:
         width = min(max(shutil.get_terminal_size().columns - 2, 60), 100)
-    out = ["config keys (in the --config YAML file, or --set KEY=VALUE; dotted keys are nested):"]
-    for section in describe_config(cls):
+    sections = describe_config(cls)
+    intro = "config keys (in the --config YAML file, or --set KEY=VALUE; dotted keys are nested)"
+    if any("<name>" in s.title or "[]" in s.title for s in sections):
+        intro += "; <name>: any entry of a mapping; []: every entry of a list, set as a whole"
+    out = textwrap.wrap(intro + ":", width)
+    for section in sections:
         if not section.keys and not section.same_as:
             continue
         out.append("")
         out.extend(textwrap.wrap(section.title, width, subsequent_indent="    "))
         for k in section.keys:
-            default = " (required)" if k.default == "required" else f" = {k.default}"
+            default = " (required)" if k.default is None else f" = {k.default}"
             head = f"{k.key}  {k.type}{default}"
             out.extend(textwrap.wrap(head, width, initial_indent="  ", subsequent_indent="      "))
-            out.extend(textwrap.wrap(k.description, width, initial_indent=" " * 6,
-                                     subsequent_indent=" " * 6))  # fmt: skip
+            indent = " " * 6
+            out.extend(
+                textwrap.wrap(k.description, width, initial_indent=indent, subsequent_indent=indent)
+            )
     return "\n".join(out) + "\n"

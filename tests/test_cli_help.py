@@ -83,6 +83,8 @@ def test_every_subcommand_help_exits_0_and_lists_its_keys(command, capsys, monke
     for name in cls.model_fields:
         assert re.search(rf"^  {re.escape(name)}  ", text, re.MULTILINE), (command, name)
     assert all(len(line) <= 100 for line in text.splitlines()), command
+    narrow = format_config_keys(cls, width=60)
+    assert max(len(line) for line in narrow.splitlines()) <= 60, command
 
 
 def test_defaults_types_and_long_values_are_written_as_yaml_and_abbreviated():
