@@ -7,6 +7,8 @@ GET  /admin/models        models, their upstreams and prices
 GET  /admin/experiments   per-arm traces, feedback and cost of every experiment
 GET  /dashboard           the report's HTML dashboard from the live store (admin key, or open
                           when require_keys is false); ?bucket=hour&reference_variant=... etc.
+
+A valid user key on these endpoints is refused with 403, an unknown key with 401.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from ownlm.gateway.asgi import Receive, Scope, Send, read_body, send_bytes, send_json
+from ownlm.gateway.auth import authorization
 from ownlm.gateway.config import GatewayConfig
 from ownlm.gateway.wire import WireError, parse_json_object
 from ownlm.store.schema import ApiKey, Experiment, Feedback
@@ -128,8 +131,18 @@ def routes(gw: Gateway) -> dict[tuple[str, str], Handler]:
                 f"no admin key configured; set {gw.cfg.admin_key_env} or admin_key_sha256",
                 type_="permission_error",
             )
-        if not gw.keys.is_admin(dict(scope["headers"]).get(b"authorization")):
-            raise WireError(401, "this endpoint needs the admin key", type_="authentication_error")
+        header = authorization(dict(scope["headers"]))
+        if gw.keys.is_admin(header):
+            return
+        name = gw.keys.user_key_name(header)
+        if name is not None:  # a valid key, just not allowed here: 403, not 401
+            raise WireError(
+                403,
+                f"key '{name}' is a user key; this endpoint needs the admin key",
+                type_="permission_error",
+                code="admin_key_required",
+            )
+        raise WireError(401, "this endpoint needs the admin key", type_="authentication_error")
 
     async def create_key(scope: Scope, receive: Receive, send: Send) -> None:
         require_admin(scope)

@@ -21,12 +21,13 @@ from ownlm.gateway.asgi import (
     Receive,
     Scope,
     Send,
+    find_route,
     read_body,
     send_bytes,
     send_error,
     send_json,
 )
-from ownlm.gateway.auth import KeyRing
+from ownlm.gateway.auth import ADMIN_ID, KeyRing, authorization
 from ownlm.gateway.cache import ReplyCache, cache_key
 from ownlm.gateway.config import GatewayConfig, UpstreamConfig
 from ownlm.gateway.local import ReplayStream, completion_sse
@@ -43,6 +44,7 @@ from ownlm.gateway.wire import (
     WireError,
     check_chat_request,
     check_embeddings_request,
+    embedding_text,
     parse_json_object,
     prompt_text,
 )
@@ -100,6 +102,7 @@ class Gateway:
             ("POST", "/v1/embeddings"): self.embeddings,
             ("POST", "/v1/feedback"): self.feedback,
             ("GET", "/v1/models"): self.list_models,
+            ("GET", "/v1/models/{id}"): self.retrieve_model,
             ("GET", "/health"): self.health,
             **admin.routes(self),
             **responses.routes(self),
@@ -112,15 +115,12 @@ class Gateway:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
-        # a route ending in /{id} matches any last path segment (GET /v1/responses/{id})
-        handler = self.routes.get((method, path)) or self.routes.get(
-            (method, path.rsplit("/", 1)[0] + "/{id}")
-        )
+        handler, path_id = find_route(self.routes, method, path)
+        if path_id:
+            scope["path_params"] = {"id": path_id}  # Starlette's name for it
         try:
             if handler is None:
-                raise WireError(
-                    404, f"no endpoint {scope['method']} {scope['path']}", code="unknown_url"
-                )
+                raise self.no_route(method, path)
             await handler(scope, receive, send)
         except WireError as err:
             await send_error(send, err)
@@ -210,19 +210,20 @@ class Gateway:
         body = parse_json_object(await read_body(receive, headers, self.cfg.max_body_bytes))
         check_embeddings_request(body)
         key_id = self.authenticate(headers)
-        alias = body["model"]
-        if alias not in self.cfg.models:
-            raise self.unknown_model(alias, sorted(self.cfg.models))
+        alias = self.check_alias(body["model"])
         user, session, tags, metadata = request_labels(body, headers)
-        decision = Decision(alias, "embeddings: passed through")
+        text = embedding_text(body["input"])
+        routed = await self.decide(RouteRequest(alias, user, metadata, len(text) // 4, 0, text))
+        # the variant is chosen like a chat's, but an embedding is no arm of an A/B experiment
+        decision = Decision(routed.variant, "embeddings: " + routed.reason)
         trace = PendingTrace(t0, "embeddings", alias, body, decision, key_id, user, session)
         trace.tags, trace.metadata = tags, metadata
         tid = [(b"x-ownlm-trace-id", trace.trace_id.encode())]
-        entry = self.cfg.models[alias]
-        self.set_target(trace, alias)
+        entry = self.cfg.models[decision.variant]
+        self.set_target(trace, decision.variant)
         try:
             reply = await self.upstreams[entry.upstream].embeddings(
-                {**body, "model": entry.model or alias}
+                {**body, "model": entry.model or decision.variant}
             )
         except UpstreamUnavailable as err:
             trace.finish(err.status, b"", error=err.message)
@@ -240,9 +241,10 @@ class Gateway:
         fb = admin.parse_feedback(body)
         key_id = self.authenticate(headers)
         fb.key_id = key_id
+        made_by = None if key_id in (None, ADMIN_ID) else key_id  # the admin may rate any trace
         assert self.writer is not None
         try:
-            await asyncio.to_thread(self.writer.add_feedback, fb)
+            await asyncio.to_thread(self.writer.add_feedback, fb, made_by)
         except UnknownTraceError as err:
             raise WireError(404, str(err), param="trace_id", code="trace_not_found") from None
         except StoreError as err:
@@ -260,6 +262,16 @@ class Gateway:
             {"id": a, "object": "model", "created": 0, "owned_by": "ownlm"} for a in self.aliases
         ]
         await send_json(send, 200, {"object": "list", "data": data})
+
+    async def retrieve_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /v1/models/{id}: one name clients may send, as an OpenAI model object."""
+        self.authenticate(dict(scope["headers"]))
+        alias = scope["path_params"]["id"]
+        if alias not in self.aliases:
+            raise self.unknown_model(alias, self.aliases)
+        await send_json(
+            send, 200, {"id": alias, "object": "model", "created": 0, "owned_by": "ownlm"}
+        )
 
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /health: liveness, the trace writer's counters and the own-model engines."""
@@ -283,13 +295,25 @@ class Gateway:
         """The caller's key id (None when keys are not required), or a 401/429 WireError."""
         if not self.cfg.require_keys:
             return None
-        return self.keys.check(headers.get(b"authorization"))
+        return self.keys.check(authorization(headers))
 
     def check_alias(self, alias: str) -> str:
         """The alias if the gateway serves it, else a 404 listing the ones it does."""
         if alias in self.cfg.models or alias in self.cfg.router.routes:
             return alias
         raise self.unknown_model(alias, self.aliases)
+
+    def no_route(self, method: str, path: str) -> WireError:
+        """405 naming the methods a known path takes (with `Allow`), else 404."""
+        allowed = sorted({m for m, _ in self.routes if find_route(self.routes, m, path)[0]})
+        if not allowed:
+            return WireError(404, f"no endpoint {method} {path[:200]}", code="unknown_url")
+        return WireError(
+            405,
+            f"{method} is not allowed on {path[:200]}; use {' or '.join(allowed)}",
+            code="method_not_allowed",
+            headers=[(b"allow", ", ".join(allowed).encode())],
+        )
 
     @staticmethod
     def unknown_model(alias: str, known: list[str]) -> WireError:

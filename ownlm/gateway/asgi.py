@@ -1,4 +1,5 @@
-"""Raw ASGI plumbing the endpoints share: read a bounded body, send JSON, send an OpenAI error."""
+"""Raw ASGI plumbing the endpoints share: find a route, read a bounded body, send JSON, send an
+OpenAI error."""
 
 from __future__ import annotations
 
@@ -20,6 +21,26 @@ JSON_TYPE = (b"content-type", b"application/json")
 
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
+
+
+def find_route(
+    routes: dict[tuple[str, str], ASGIApp], method: str, path: str
+) -> tuple[ASGIApp | None, str]:
+    """The handler of `method path` and the `{id}` it matched ("" for an exact route).
+
+    A route ending in `/{id}` matches any rest of the path, so an id may hold a '/' (a model
+    named `org/model`; the openai client sends it as `%2F`, which the server decodes).
+    """
+    handler = routes.get((method, path))
+    if handler is not None:
+        return handler, ""
+    cut = path.find("/", 1)
+    while cut != -1 and cut + 1 < len(path):
+        handler = routes.get((method, path[:cut] + "/{id}"))
+        if handler is not None:
+            return handler, path[cut + 1 :]
+        cut = path.find("/", cut + 1)
+    return None, ""
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:

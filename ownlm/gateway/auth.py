@@ -1,5 +1,7 @@
 """API keys on the request path: lookup by sha256, per-key token bucket, spend budget.
 
+A key comes as `Authorization: Bearer <key>` or, as Azure OpenAI clients send it, `api-key: <key>`.
+
 Keys live in memory (loaded from the store and the config at start, added when the admin
 creates one), so checking a key costs one sha256 and a dict lookup, no I/O. Spend comes from the
 traces the writer has committed (`add_spend`), so a budget can be overrun by the requests in
@@ -73,13 +75,20 @@ class KeyRing:
         secret = _bearer(authorization)
         return bool(secret and self.admin_sha256 and self._hash(secret) == self.admin_sha256)
 
+    def user_key_name(self, authorization: bytes | None) -> str | None:
+        """The name of the enabled user key in the header (not counted against its limits)."""
+        secret = _bearer(authorization)
+        state = self._by_hash.get(self._hash(secret)) if secret else None
+        return None if state is None or state.key.disabled else state.key.name
+
     def check(self, authorization: bytes | None) -> str:
         """The key id allowed to make this request, or a WireError (401 or 429)."""
         secret = _bearer(authorization)
         if not secret:
             raise WireError(
                 401,
-                "no API key: send 'Authorization: Bearer <key>' (ask the gateway admin for a key)",
+                "no API key: send 'Authorization: Bearer <key>' or 'api-key: <key>' (ask the "
+                "gateway admin for a key)",
                 type_="authentication_error",
                 code="invalid_api_key",
             )
@@ -119,6 +128,14 @@ class KeyRing:
             )
         state.tokens = tokens - 1.0
         return key.key_id
+
+
+def authorization(headers: dict[bytes, bytes]) -> bytes | None:
+    """The Authorization header, or an Azure-style `api-key: <key>` header as a bearer one."""
+    value = headers.get(b"authorization")
+    if value is None and (key := headers.get(b"api-key")):
+        return b"Bearer " + key
+    return value
 
 
 def _bearer(authorization: bytes | None) -> str:

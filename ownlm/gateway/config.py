@@ -112,6 +112,12 @@ class GatewayConfig(Config):
     default_rate_per_s: float = Field(50.0, gt=0, description="for keys created by the admin")
     default_burst: int = Field(100, ge=1, description="for keys created by the admin")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger requests get a 413")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins allowed to call the gateway (CORS), e.g. "
+        "['https://app.example'], or ['*'] for any; empty: CORS off",
+    )
+    cors_max_age_s: int = Field(600, ge=0, description="how long browsers cache a CORS preflight")
     cache_max_entries: int = Field(10_000, ge=0, description="exact-match cache size")
     cache_ttl_s: float = Field(3600.0, gt=0, description="a cached reply expires after this")
     flush_interval_ms: float = Field(100.0, gt=0, description="trace writer batch interval")
@@ -158,6 +164,15 @@ class GatewayConfig(Config):
                         f"answer's token log-probabilities); '{m.upstream}' is "
                         f"{self.upstreams[m.upstream].kind}"
                     )
+        for origin in self.cors_origins:
+            scheme, sep, host = origin.partition("://")
+            if origin != "*" and (
+                scheme not in ("http", "https") or not sep or not host or "/" in host
+            ):
+                problems.append(
+                    f"cors_origins: {origin!r} is not an origin; write scheme://host[:port] "
+                    "with no path or trailing '/' (e.g. 'https://app.example'), or '*'"
+                )
         if self.own_engine.kind == "openai":
             problems.append("own_engine.kind must be llama_cpp or local")
         if problems:

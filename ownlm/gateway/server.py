@@ -20,15 +20,18 @@ import uvicorn
 from ownlm.gateway.app import Gateway
 from ownlm.gateway.asgi import ASGIApp
 from ownlm.gateway.config import GatewayConfig
-from ownlm.gateway.middleware import ErrorShield
+from ownlm.gateway.middleware import Cors, ErrorShield
 from ownlm.gateway.upstream import UpstreamClient
 
 __all__ = ["GatewayConfig", "build_app", "serve", "serve_gateway_in_thread"]
 
 
 def build_app(cfg: GatewayConfig, upstreams: dict[str, UpstreamClient] | None = None) -> ASGIApp:
-    """The ASGI app: the gateway inside its error shield."""
-    return ErrorShield(Gateway(cfg, upstreams))
+    """The ASGI app: the gateway inside its error shield, inside CORS when cors_origins is set."""
+    app: ASGIApp = ErrorShield(Gateway(cfg, upstreams))
+    if cfg.cors_origins:
+        app = Cors(app, cfg.cors_origins, cfg.cors_max_age_s)
+    return app
 
 
 def uvicorn_config(app: ASGIApp, cfg: GatewayConfig) -> uvicorn.Config:

@@ -36,6 +36,15 @@ class _IdPool:
 new_trace_id = _IdPool().next_id
 
 
+def header_text(value: bytes) -> str:
+    """A header value as text: UTF-8 (what clients send today), else latin-1 (RFC 9110's old
+    ISO-8859-1 rule), so `x-ownlm-user: Jürgen` is stored as "Jürgen"."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 def request_labels(
     body: dict[str, Any], headers: dict[bytes, bytes]
 ) -> tuple[str | None, str | None, list[str], dict[str, str]]:
@@ -52,7 +61,7 @@ def request_labels(
     for name, value in headers.items():
         if not name.startswith(b"x-ownlm-"):
             continue
-        text = value.decode("latin-1")
+        text = header_text(value)
         if name == b"x-ownlm-user":
             user = user or text
         elif name == b"x-ownlm-session":
@@ -60,7 +69,7 @@ def request_labels(
         elif name == b"x-ownlm-tags":
             tags.extend(t.strip() for t in text.split(",") if t.strip())
         elif name.startswith(b"x-ownlm-tag-"):
-            metadata[name[12:].decode("latin-1")] = text
+            metadata[header_text(name[12:])] = text
     if "tags" in metadata:
         tags.extend(t.strip() for t in metadata["tags"].split(",") if t.strip())
     return user, session, tags, metadata

@@ -49,6 +49,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise WireError(
+                400,
+                f"the request body is not valid UTF-8 JSON: byte 0x{raw[bad.start]:02x} at "
+                f"offset {bad.start} is not UTF-8; send the JSON encoded as UTF-8",
+            ) from None
         raise WireError(400, f"the request body is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise WireError(400, f"the request body must be a JSON object, got {type(body).__name__}")
@@ -148,6 +156,13 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
                 p["text"] for p in c if isinstance(p, dict) and isinstance(p.get("text"), str)
             )
     return "\n".join(parts)
+
+
+def embedding_text(inp: str | list[Any]) -> str:
+    """The text inputs of an embeddings request, one per line (token-id inputs have none)."""
+    if isinstance(inp, str):
+        return inp
+    return "\n".join(x for x in inp if isinstance(x, str))
 
 
 def usage_tokens(response: dict[str, Any] | None) -> tuple[int, int]:

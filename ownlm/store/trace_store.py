@@ -298,17 +298,20 @@ class TraceStore:
 
     # -- feedback ----------------------------------------------------------------------------
 
-    def add_feedback(self, fb: Feedback) -> None:
-        """Commit one feedback row; when this returns, it is durable. The trace must exist."""
+    def add_feedback(self, fb: Feedback, made_by: str | None = None) -> None:
+        """Commit one feedback row; when this returns, it is durable. The trace must exist and,
+        with `made_by`, have been made by that key id (else it is reported as unknown, so a key
+        cannot probe for other keys' traces)."""
         try:
             with self.engine.begin() as conn:
                 found = conn.execute(
-                    select(t.traces.c.trace_id).where(t.traces.c.trace_id == fb.trace_id)
+                    select(t.traces.c.key_id).where(t.traces.c.trace_id == fb.trace_id)
                 ).first()
-                if found is None:
+                if found is None or (made_by is not None and found.key_id != made_by):
+                    mine = " made with this API key" if made_by is not None else ""
                     raise UnknownTraceError(
-                        f"no trace with id {fb.trace_id!r}; use the x-ownlm-trace-id header of "
-                        "a response from this gateway"
+                        f"no trace with id {fb.trace_id!r}{mine}; use the x-ownlm-trace-id "
+                        "header of a response from this gateway"
                     )
                 conn.execute(insert(t.feedback).values(**dataclasses.asdict(fb)))
         except SQLAlchemyError as err:

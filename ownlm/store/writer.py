@@ -98,11 +98,12 @@ class TraceWriter:
                 self._done.wait(min(left, 0.05))
                 self._wake.set()
 
-    def add_feedback(self, fb: Feedback) -> None:
-        """Commit feedback synchronously (writing its trace first if still queued)."""
+    def add_feedback(self, fb: Feedback, made_by: str | None = None) -> None:
+        """Commit feedback synchronously (writing its trace first if still queued); with
+        `made_by`, only on a trace made by that key id (`TraceStore.add_feedback`)."""
         if fb.trace_id in self._pending:
             self.flush()
-        self.store.add_feedback(fb)
+        self.store.add_feedback(fb, made_by)
 
     def close(self) -> None:
         """Write everything queued, then stop the thread."""
