@@ -64,8 +64,18 @@ class ReasoningGymConfig(Config):
 
 
 def _create_dataset(task: str, seed: int, size: int, kwargs: dict[str, Any]) -> Any:
-    import reasoning_gym
+    import difflib
 
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
+    if task not in DATASETS:
+        near = difflib.get_close_matches(task, list(DATASETS), n=3)
+        hint = f"did you mean {', '.join(repr(n) for n in near)}? " if near else ""
+        raise ConfigError(
+            f"reasoning-gym has no task '{task}'; {hint}"
+            f"the {len(DATASETS)} tasks are listed by reasoning_gym.factory.DATASETS"
+        )
     try:
         return reasoning_gym.create_dataset(task, seed=seed, size=size, **kwargs)
     except (ValueError, TypeError, AssertionError, KeyError) as err:

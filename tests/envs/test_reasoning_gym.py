@@ -101,6 +101,8 @@ def test_too_small_question_space_is_a_clear_error() -> None:
 def test_bad_task_split_and_key_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="no_such_task"):
         ReasoningGymEnv(ReasoningGymConfig(task="no_such_task"))
+    with pytest.raises(ConfigError, match="did you mean 'leg_counting'"):
+        ReasoningGymEnv(ReasoningGymConfig(task="leg_countin"))
     with pytest.raises(ConfigError, match="unknown split 'dev'"):
         ReasoningGymEnv(SMALL).tasks("dev", 1)
     with pytest.raises(ConfigError, match="test_pool_size"):
