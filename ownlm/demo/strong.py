@@ -93,7 +93,7 @@ def count_tokens(text: str) -> int:
 
 
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """GPT-4.1's `prompt_tokens` for a chat: per message 3 + role + content, then 3 for the reply."""
+    """GPT-4.1's `prompt_tokens` for a chat: 3 + role + content per message, 3 for the reply."""
     return 3 + sum(
         3 + count_tokens(str(m.get("role") or "")) + count_tokens(str(m.get("content") or ""))
         for m in messages

@@ -165,15 +165,8 @@ class Gateway:
                 # ask for usage anyway (to price the call), and hide it from the client
                 forward = {**body, "stream_options": {**(opts or {}), "include_usage": True}}
                 hide_usage = UsageEventFilter()
-        try:
-            if self.cfg.models[decision.variant].escalate is not None:
-                reply = await self.call_escalating(decision.variant, forward, stream, trace)
-            else:
-                reply = await self.call_upstream(decision.variant, forward, stream, trace)
-        except UpstreamUnavailable as err:
-            trace.finish(err.status, b"", error=err.message)
-            self.record(trace)
-            await send_error(send, WireError(err.status, err.message, type_="upstream_error"), tid)
+        reply = await self.answer(decision.variant, forward, stream, trace, send, tid)
+        if reply is None:
             return
         if isinstance(reply, UpstreamResponse):
             trace.finish(reply.status, reply.body)
@@ -337,6 +330,22 @@ class Gateway:
         trace.upstream_model = m.model or name
         trace.price_in = m.price_in_usd_per_mtok
         trace.price_out = m.price_out_usd_per_mtok
+
+    async def answer(
+        self, variant: str, body: dict[str, Any], stream: bool, trace: PendingTrace,
+        send: Send, tid: list[tuple[bytes, bytes]],
+    ) -> UpstreamResponse | UpstreamStream | None:  # fmt: skip
+        """The variant's reply (through its escalation when it has one); None when no upstream
+        answered, after the client got the 502/503 and the trace was recorded."""
+        try:
+            if self.cfg.models[variant].escalate is not None:
+                return await self.call_escalating(variant, body, stream, trace)
+            return await self.call_upstream(variant, body, stream, trace)
+        except UpstreamUnavailable as err:
+            trace.finish(err.status, b"", error=err.message)
+            self.record(trace)
+            await send_error(send, WireError(err.status, err.message, type_="upstream_error"), tid)
+            return None
 
     async def call_upstream(
         self, variant: str, body: dict[str, Any], stream: bool, trace: PendingTrace

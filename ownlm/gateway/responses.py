@@ -87,15 +87,8 @@ class ResponsesAPI:
         stream = body.get("stream") is True
         if stream:  # usage prices the call and goes into response.completed
             chat["stream_options"] = {"include_usage": True}
-        try:
-            if gw.cfg.models[decision.variant].escalate is not None:
-                reply = await gw.call_escalating(decision.variant, chat, stream, trace)
-            else:
-                reply = await gw.call_upstream(decision.variant, chat, stream, trace)
-        except UpstreamUnavailable as err:
-            trace.finish(err.status, b"", error=err.message)
-            gw.record(trace)
-            await send_error(send, WireError(err.status, err.message, type_="upstream_error"), tid)
+        reply = await gw.answer(decision.variant, chat, stream, trace, send, tid)
+        if reply is None:
             return
         chunks: list[bytes] = []
         if isinstance(reply, UpstreamResponse):
