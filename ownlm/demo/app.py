@@ -70,17 +70,24 @@ class Outcome:
 def ask_and_rate(
     client: Any, alias: str, task: Task, messages: list[dict[str, Any]], user: str,
     session: str, value_usd: float, max_tokens: int,
-    verify: Callable[[Task, str], Score] = check_legs,
+    verify: Callable[[Task, str], Score] = check_legs, label_answer: bool = False,
 ) -> Outcome:  # fmt: skip
-    """Send one question through the gateway, check the answer, send the user's feedback."""
+    """Send one question through the gateway, check the answer, send the user's feedback.
+
+    label_answer: the app knows each question's reference answer (a quiz, a graded exercise)
+    and labels the request with it (`metadata.answer`), so the exported prompts carry it for a
+    verifier that needs it (reasoning-gym's own scorers do)."""
     import time
 
     t0 = time.perf_counter()
+    metadata = {"session_id": session, "app": "zoology-helper"}
+    if label_answer and task.answer is not None:
+        metadata["answer"] = str(task.answer)
     raw = client.chat.completions.with_raw_response.create(
         model=alias,
         messages=messages,
         user=user,
-        metadata={"session_id": session, "app": "zoology-helper"},
+        metadata=metadata,
         max_tokens=max_tokens,
         temperature=0.0,
     )

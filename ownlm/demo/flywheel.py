@@ -345,6 +345,7 @@ def _traffic(
             client, cfg.alias, tasks[i], env.reset(tasks[i]), user, session,
             cfg.value_per_success_usd, cfg.max_tokens,
             check_legs if cfg.task == "leg_counting" else env.score,
+            label_answer=cfg.task != "leg_counting",
         )  # fmt: skip
         with lock:
             ok, total = by_variant.setdefault(out.variant, [0, 0])
