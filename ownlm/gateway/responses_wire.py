@@ -356,7 +356,10 @@ def response_usage(completion: dict[str, Any] | None) -> dict[str, Any] | None:
     reasoning = as_dict(usage.get("completion_tokens_details")).get("reasoning_tokens")
     return {
         "input_tokens": p,
-        "input_tokens_details": {"cached_tokens": cached if is_int(cached) else 0},
+        "input_tokens_details": {
+            "cached_tokens": cached if is_int(cached) else 0,
+            "cache_write_tokens": 0,  # chat usage does not say; required by the reference
+        },
         "output_tokens": c,
         "output_tokens_details": {"reasoning_tokens": reasoning if is_int(reasoning) else 0},
         "total_tokens": p + c,

@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openai.types.responses import Response, ResponseStreamEvent
 
 from ownlm.gateway.config import GatewayConfig
 from ownlm.gateway.loopback import serve_in_thread
@@ -568,7 +569,7 @@ def test_response_from_chat_by_hand() -> None:
     ]
     assert r["usage"] == {
         "input_tokens": 7,
-        "input_tokens_details": {"cached_tokens": 4},
+        "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
         "output_tokens": 3,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": 10,
@@ -638,6 +639,47 @@ def test_stream_translation_does_not_depend_on_chunk_boundaries() -> None:
     }
     rebuilt = response_from_chat(completion, body, "resp_1", 0)
     assert rebuilt["output"] == final["output"] and rebuilt["usage"] == final["usage"]
+
+
+def test_translation_validates_against_the_official_types() -> None:
+    """Whole and streamed output pass the openai package's own models, validated strictly (the
+    client only constructs them, so a missing required field would go unseen there)."""
+    body = {
+        "model": "m",
+        "input": "x",
+        "instructions": "be brief",
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "name": "get_weather"},
+        "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}}},
+        "metadata": {"app": "t"},
+    }
+    msg = {
+        "content": "hi",
+        "refusal": "no",
+        "tool_calls": [{**CALL, "function": {**CALL["function"], "arguments": "{}"}}],
+    }
+    usage = {"prompt_tokens": 2, "completion_tokens": 1}
+    for finish in ("stop", "tool_calls", "length", "content_filter"):
+        completion = {"choices": [{"message": msg, "finish_reason": finish}], "usage": usage}
+        Response.model_validate(response_from_chat(completion, body, "resp_" + "a" * 32, 1.0))
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"content": "hi", "refusal": "no"}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{**CALL, "index": 0}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+        {"choices": [], "usage": usage},
+    ]
+    raw = b"".join(_sse(c) for c in chunks)
+    events_type = pydantic.TypeAdapter(ResponseStreamEvent)
+    for error in (None, "upstream broke off"):
+        events = ResponseEvents(body, "resp_" + "a" * 32, 1.0)
+        out = events.start() + events.feed(raw) + events.finish(error)
+        kinds = set()
+        for block in out.split(b"\n\n")[:-1]:
+            head, data = block.split(b"\n")
+            event = events_type.validate_python(orjson.loads(data.removeprefix(b"data: ")))
+            assert head == b"event: " + event.type.encode()
+            kinds.add(event.type)
+        assert ("response.failed" in kinds) == (error is not None)
 
 
 def test_check_rejects_unsupported_fields() -> None:
