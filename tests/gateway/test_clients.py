@@ -59,6 +59,17 @@ def last_body(upstream: tuple[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return upstream[1][-1]
 
 
+# -- openai-python (the rest of its cells are in test_chat_completions.py, test_responses.py) --
+
+
+def test_openai_chat_parse(gw: Running, upstream: Any) -> None:
+    r = gw.client.chat.completions.parse(
+        model="chat", messages=[{"role": "user", "content": "weather?"}], response_format=Weather
+    )
+    assert r.choices[0].message.parsed == Weather(city="Paris", temp_c=21)
+    assert last_body(upstream)["response_format"]["json_schema"]["name"] == "Weather"
+
+
 # -- openai-agents ---------------------------------------------------------------------------
 
 
