@@ -127,7 +127,7 @@ def test_unknown_task_and_a_solver_for_another_task_are_refused(tmp_path: Path) 
     from ownlm.errors import ConfigError
 
     bad = validate_config(DemoConfig, {"task": "leg_countin", "work_dir": str(tmp_path)}, "t")
-    with pytest.raises(ConfigError, match="reasoning-gym task 'leg_countin'"):
+    with pytest.raises(ConfigError, match="no task 'leg_countin'; did you mean 'leg_counting'"):
         run_demo(bad)
     wrong = validate_config(
         DemoConfig, {"task": "basic_arithmetic", "standin": "solver", "work_dir": str(tmp_path)},
