@@ -137,13 +137,10 @@ class Gateway:
         check_chat_request(body)
         key_id = self.authenticate(headers)
         alias = self.check_alias(body["model"])
-        user, session, tags, metadata = request_labels(body, headers)
-        messages = body["messages"]
-        text = prompt_text(messages)
-        req = RouteRequest(alias, user, metadata, len(text) // 4, len(messages), text)
-        decision = await self.decide(req)
-        trace = PendingTrace(t0, "chat.completions", alias, body, decision, key_id, user, session)
-        trace.tags, trace.metadata = tags, metadata
+        trace = await self.routed_trace(
+            t0, "chat.completions", alias, body, headers, body["messages"], key_id
+        )
+        decision = trace.decision
         tid = [(b"x-ownlm-trace-id", trace.trace_id.encode())]
         stream = body.get("stream") is True
         wants_cache = headers.get(b"x-ownlm-cache", b"").lower() in (b"1", b"true")
@@ -330,6 +327,19 @@ class Gateway:
         trace.upstream_model = m.model or name
         trace.price_in = m.price_in_usd_per_mtok
         trace.price_out = m.price_out_usd_per_mtok
+
+    async def routed_trace(
+        self, t0: float, endpoint: str, alias: str, body: dict[str, Any],
+        headers: dict[bytes, bytes], messages: list[Any], key_id: str | None,
+    ) -> PendingTrace:  # fmt: skip
+        """The router's decision for a chat-shaped request, in the trace it opens."""
+        user, session, tags, metadata = request_labels(body, headers)
+        text = prompt_text(messages)
+        req = RouteRequest(alias, user, metadata, len(text) // 4, len(messages), text)
+        decision = await self.decide(req)
+        trace = PendingTrace(t0, endpoint, alias, body, decision, key_id, user, session)
+        trace.tags, trace.metadata = tags, metadata
+        return trace
 
     async def answer(
         self, variant: str, body: dict[str, Any], stream: bool, trace: PendingTrace,

@@ -34,10 +34,8 @@ from ownlm.gateway.responses_wire import (
     input_messages,
     response_from_chat,
 )
-from ownlm.gateway.tracing import PendingTrace, request_labels
 from ownlm.gateway.upstream import UpstreamResponse, UpstreamUnavailable
-from ownlm.gateway.wire import WireError, parse_json_object, prompt_text
-from ownlm.router.policy import RouteRequest
+from ownlm.gateway.wire import WireError, parse_json_object
 
 if TYPE_CHECKING:
     from ownlm.gateway.app import Gateway
@@ -75,13 +73,9 @@ class ResponsesAPI:
         alias = gw.check_alias(body["model"])
         history = await self.history(body.get("previous_response_id"), key_id)
         chat = chat_request(body, history)
-        user, session, tags, metadata = request_labels(body, headers)
         messages = chat["messages"]
-        text = prompt_text(messages)
-        req = RouteRequest(alias, user, metadata, len(text) // 4, len(messages), text)
-        decision = await gw.decide(req)
-        trace = PendingTrace(t0, "responses", alias, body, decision, key_id, user, session)
-        trace.tags, trace.metadata = tags, metadata
+        trace = await gw.routed_trace(t0, "responses", alias, body, headers, messages, key_id)
+        decision = trace.decision
         tid = [(b"x-ownlm-trace-id", trace.trace_id.encode())]
         rid = "resp_" + trace.trace_id
         stream = body.get("stream") is True
