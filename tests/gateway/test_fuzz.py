@@ -88,7 +88,7 @@ feedback_bodies = st.fixed_dictionaries(
 )
 
 
-async def call(app: Any, path: str, body: bytes) -> tuple[int, bytes]:
+async def call(app: Any, path: str, body: bytes, method: str = "POST") -> tuple[int, bytes]:
     sent: list[dict[str, Any]] = []
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -99,10 +99,29 @@ async def call(app: Any, path: str, body: bytes) -> tuple[int, bytes]:
         sent.append(msg)
 
     headers = [(b"authorization", f"Bearer {KEY}".encode()), (b"content-type", b"application/json")]
-    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    scope = {"type": "http", "method": method, "path": path, "headers": headers}
     await app(scope, receive, send)
     status = sent[0]["status"]
     return status, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def fuzz_config(tmp: str) -> GatewayConfig:
+    """A gateway on a SQLite store in tmp, one model on FixedUpstream, one unlimited key."""
+    return GatewayConfig.model_validate(
+        {
+            "store_url": f"sqlite:///{tmp}/fuzz.db",
+            "upstreams": {"fixed": {"base_url": "http://127.0.0.1:9/v1"}},
+            "models": {"m": {"upstream": "fixed"}},
+            "keys": [
+                {
+                    "name": "fuzz",
+                    "key_sha256": hashlib.sha256(KEY.encode()).hexdigest(),
+                    "rate_per_s": 1e9,
+                    "burst": 10**9,
+                }
+            ],
+        }
+    )
 
 
 def check_reply(status: int, payload: bytes) -> None:
@@ -114,21 +133,7 @@ def check_reply(status: int, payload: bytes) -> None:
 
 def test_fuzzed_requests_never_5xx() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GatewayConfig.model_validate(
-            {
-                "store_url": f"sqlite:///{tmp}/fuzz.db",
-                "upstreams": {"fixed": {"base_url": "http://127.0.0.1:9/v1"}},
-                "models": {"m": {"upstream": "fixed"}},
-                "keys": [
-                    {
-                        "name": "fuzz",
-                        "key_sha256": hashlib.sha256(KEY.encode()).hexdigest(),
-                        "rate_per_s": 1e9,
-                        "burst": 10**9,
-                    }
-                ],
-            }
-        )
+        cfg = fuzz_config(tmp)
         app = build_app(cfg, {"fixed": FixedUpstream()})
         gw = app.app  # type: ignore[attr-defined]
         loop = asyncio.new_event_loop()

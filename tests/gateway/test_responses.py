@@ -10,7 +10,6 @@ tested on hand-made dicts; a fuzz test sends any Responses body and never gets a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import tempfile
 import time
@@ -26,15 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseStreamEvent
 
-from ownlm.gateway.config import GatewayConfig
 from ownlm.gateway.loopback import serve_in_thread
 from ownlm.gateway.responses_stream import ResponseEvents
 from ownlm.gateway.responses_wire import chat_request, check_responses_request, response_from_chat
 from ownlm.gateway.server import build_app, serve_gateway_in_thread
-from ownlm.gateway.upstream import UpstreamResponse
 from ownlm.gateway.wire import WireError
 from ownlm.store.trace_store import TraceStore
 from tests.gateway.conftest import BROKE_KEY, USER_KEY, free_port, gateway_config
+from tests.gateway.test_fuzz import FixedUpstream, call, check_reply, fuzz_config
 
 WEATHER_TOOL = {
     "type": "function",
@@ -691,30 +689,6 @@ def test_check_rejects_unsupported_fields() -> None:
 
 # -- fuzz: any Responses body gets a reply below 500 -----------------------------------------
 
-KEY = "sk-fuzz"
-REPLY = orjson.dumps(
-    {"id": "x", "object": "chat.completion", "choices": [], "usage": {"prompt_tokens": 1}}
-)
-
-
-class FixedUpstream:
-    """Answers every request with the same whole reply (streams too)."""
-
-    name = "fixed"
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def chat(self, body: dict[str, Any], *, stream: bool) -> UpstreamResponse:
-        return UpstreamResponse(200, REPLY)
-
-    async def embeddings(self, body: dict[str, Any]) -> UpstreamResponse:
-        return UpstreamResponse(200, REPLY)
-
-
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: (
@@ -782,45 +756,9 @@ bodies = st.fixed_dictionaries(
 )
 
 
-async def _post(app: Any, path: str, raw: bytes, method: str = "POST") -> tuple[int, bytes]:
-    sent: list[dict[str, Any]] = []
-    messages = [{"type": "http.request", "body": raw, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(msg: dict[str, Any]) -> None:
-        sent.append(msg)
-
-    headers = [(b"authorization", f"Bearer {KEY}".encode()), (b"content-type", b"application/json")]
-    await app({"type": "http", "method": method, "path": path, "headers": headers}, receive, send)
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
-
-
-def _check(status: int, payload: bytes) -> None:
-    assert status < 500, payload
-    if status >= 400:
-        err = orjson.loads(payload)["error"]
-        assert isinstance(err["message"], str) and err["message"]
-
-
 def test_fuzzed_responses_bodies_never_5xx() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GatewayConfig.model_validate(
-            {
-                "store_url": f"sqlite:///{tmp}/fuzz.db",
-                "upstreams": {"fixed": {"base_url": "http://127.0.0.1:9/v1"}},
-                "models": {"m": {"upstream": "fixed"}},
-                "keys": [
-                    {
-                        "name": "fuzz",
-                        "key_sha256": hashlib.sha256(KEY.encode()).hexdigest(),
-                        "rate_per_s": 1e9,
-                        "burst": 10**9,
-                    }
-                ],
-            }
-        )
+        cfg = fuzz_config(tmp)
         app = build_app(cfg, {"fixed": FixedUpstream()})
         inner = app.app  # type: ignore[attr-defined]
         loop = asyncio.new_event_loop()
@@ -831,14 +769,14 @@ def test_fuzzed_responses_bodies_never_5xx() -> None:
             @given(body=bodies)
             def create(body: dict[str, Any]) -> None:
                 raw = json.dumps(body).encode()
-                _check(*loop.run_until_complete(_post(app, "/v1/responses", raw)))
+                check_reply(*loop.run_until_complete(call(app, "/v1/responses", raw)))
 
             @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
             @given(raw=st.binary(max_size=40), rid=st.text(max_size=40))
             def raw_and_retrieve(raw: bytes, rid: str) -> None:
-                _check(*loop.run_until_complete(_post(app, "/v1/responses", raw)))
+                check_reply(*loop.run_until_complete(call(app, "/v1/responses", raw)))
                 path = "/v1/responses/" + rid.replace("/", "")
-                _check(*loop.run_until_complete(_post(app, path, b"", "GET")))
+                check_reply(*loop.run_until_complete(call(app, path, b"", "GET")))
 
             create()
             raw_and_retrieve()
