@@ -12,11 +12,12 @@ tasks by default). The rules, thresholds in config (defaults from DESIGN.md):
    (default 2 points), judged on the point estimate: its CI is reported, but at the suite sizes a
    CPU can afford (~100 problems) the CI of a loss is +-8 points and could never be held under 2;
 4. (routing, on by default) against what serves the app *now*: the answers in the traces (the
-   paid API's, exported with the domain prompts) are scored with the app's verifier. On a fixed
-   part of the domain problems the confidence threshold is calibrated (ownlm/eval/routing.py:
-   the own model answers when sure, today's model the rest); on the other part the routed system
-   must score at least today's accuracy - max_quality_loss (default 2 points; point estimate,
-   paired CI reported) with some traffic left on the own model. The threshold goes into the
+   paid API's, exported with the domain prompts) are scored with the app's verifier. The
+   confidence threshold is calibrated on all domain problems (ownlm/eval/routing.py: the own
+   model answers when sure, today's model the rest) and checked by cross-fitting: each fold of
+   the problems is routed at the threshold chosen on the other folds, and the routed system must
+   score at least today's accuracy - max_quality_loss (default 2 points; point estimate, paired
+   CI reported) with some traffic left on the own model. The threshold goes into the
    registry with the decision, and `ownlm promote` serves the canary with it. Both models are
    evaluated as they will be served (engine llama_cpp: the GGUF on llama-server).
 
@@ -45,7 +46,7 @@ from ownlm.eval.routing import (
     MIN_CALIBRATION_ROWS,
     RoutingRow,
     calibrate_threshold,
-    routed_outcomes,
+    cross_fitted,
 )
 from ownlm.models.llama_cpp import Quantization
 from ownlm.models.load import load_model
@@ -80,8 +81,11 @@ class RoutingRule(Config):
     max_quality_loss: float = Field(
         0.02, ge=0.0, le=1.0, description="routed domain accuracy >= today's - this (0.02: 2 pt)"
     )
-    calibration_fraction: float = Field(
-        0.5, gt=0.0, lt=1.0, description="share of domain problems the threshold is chosen on"
+    folds: int = Field(
+        5,
+        ge=2,
+        description="the threshold is chosen on all domain problems and checked by k-fold "
+        "cross-fitting: each fold routed at the threshold chosen on the others",
     )
     min_calibration_rows: int = Field(
         MIN_CALIBRATION_ROWS, ge=1, description="fewer calibration problems: the gate stops"
@@ -337,12 +341,6 @@ def run_gate(cfg: GateConfig) -> GateResult:
     return result
 
 
-def _is_calibration(problem_id: str, fraction: float) -> bool:
-    """A fixed split of problems by a hash of the id: the same in every run."""
-    h = int(hashlib.sha256(problem_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return h < fraction
-
-
 def routing_rule(cfg: GateConfig, cand_rows: Path) -> tuple[bool, list[str], dict[str, float]]:
     """Calibrate the confidence threshold on part of the domain problems; on the rest, compare
     the routed system (candidate when sure, today's answer otherwise) with today's answers."""
@@ -367,47 +365,53 @@ def routing_rule(cfg: GateConfig, cand_rows: Path) -> tuple[bool, list[str], dic
             "export its traces with `ownlm export` (rl rows keep the served answer), or set "
             "routing: null"
         ], {}  # fmt: skip
-    by_part: dict[bool, list[RoutingRow]] = {True: [], False: []}
-    for r in rows:
-        if r["id"] in served:
-            row = RoutingRow(float(r["confidence"]), bool(r["correct"]), served[r["id"]])
-            by_part[_is_calibration(r["id"], rule.calibration_fraction)].append(row)
+    ids = [r["id"] for r in rows if r["id"] in served]
+    by_id = {r["id"]: r for r in rows}
+    held = [
+        RoutingRow(float(by_id[i]["confidence"]), bool(by_id[i]["correct"]), served[i]) for i in ids
+    ]
     try:
         cal = calibrate_threshold(
-            by_part[True],
+            held, max_quality_loss=rule.max_quality_loss, min_rows=rule.min_calibration_rows
+        )
+        cv = cross_fitted(
+            held,
+            ids,
+            folds=rule.folds,
             max_quality_loss=rule.max_quality_loss,
             min_rows=rule.min_calibration_rows,
         )
     except ConfigError as err:
         return False, [f"FAIL: routing: {err}"], {}
-    check = by_part[False]
-    if not check:
-        return False, ["FAIL: routing: no domain problems left to check the threshold on"], {}
-    routed = routed_outcomes(check, cal.threshold)
-    today = [r.served_correct for r in check]
-    n = len(check)
+    routed = cv.routed
+    today = [r.served_correct for r in held]
+    n = len(held)
     acc_t, acc_r = sum(today) / n, sum(routed) / n
     diff, low, high = diff_ci(acc_t, n, acc_r, n, paired=(today, routed))
-    share = sum(r.confidence >= cal.threshold for r in check) / n
+    share = sum(cv.own) / n
     metrics = {
         "routing_threshold": cal.threshold,
         "routing_calibration_rows": float(cal.rows),
         "routing_check_rows": float(n),
+        "routing_calibration_own_share": cal.own_share,
+        "routing_fold_threshold_min": min(cv.thresholds),
+        "routing_fold_threshold_max": max(cv.thresholds),
         "serving_domain": acc_t,
         "routed_domain": acc_r,
         "routed_diff": diff,
         "routed_diff_low": low,
         "routed_diff_high": high,
         "routed_own_share": share,
-        "candidate_domain_check": sum(r.own_correct for r in check) / n,
+        "candidate_domain_check": sum(r.own_correct for r in held) / n,
     }
     kept = acc_r >= acc_t - rule.max_quality_loss - 1e-12
     lines = [
         ("pass: " if kept else "FAIL: ")
         + f"routed domain {acc_r:.3f} vs today's {acc_t:.3f} ({diff:+.3f}, 95% CI {low:+.3f} to "
         f"{high:+.3f}) {'>=' if kept else '<'} today's - {rule.max_quality_loss:.3f}, on {n} "
-        f"problems the threshold was not chosen on (own model answers {share:.0%} of them, "
-        f"confidence >= {cal.threshold:.3f})"
+        f"problems, each routed at a threshold chosen without it ({rule.folds}-fold cross-fit: "
+        f"own model answers {share:.0%}); served threshold {cal.threshold:.3f}, chosen on all "
+        f"{n} (own model answers {cal.own_share:.0%} of them)"
     ]
     if cal.own_share == 0.0:
         lines.append(

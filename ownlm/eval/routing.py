@@ -10,12 +10,19 @@ the same function the gateway applies) and whether its answer was right, and
 whether the answer that serves the app today (the paid API's, from the traces) was right. The
 calibration picks the lowest threshold (the most traffic on the own model) whose quality loss
 against today's answers is controlled at `max_quality_loss` (conformal risk control). The gateway
-applies it with `models.<own>.escalate` (ownlm/gateway/config.py); the gate checks it on
-held-out rows it was not chosen on.
+applies it with `models.<own>.escalate` (ownlm/gateway/config.py).
+
+The gate chooses the served threshold on all held-out rows and checks the procedure by
+cross-fitting (`cross_fitted`): the rows are split into folds, and each fold is routed at the
+threshold chosen on the other folds, so every row is checked at a threshold it did not help
+choose. Using every row for the threshold matters: with n rows conformal risk control at 2 points
+allows (0.02 (n + 1) - 1) rows made worse, one at n = 143 and four at n = 298, so the own model's
+share grows with n even at the same accuracy.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,3 +96,44 @@ def calibrate_threshold(
             routed = sum(routed_outcomes(rows, t)) / n
             return Calibration(t, share, routed, served, own, n)
     return Calibration(NEVER, 0.0, served, served, own, n)
+
+
+def fold_of(problem_id: str, folds: int) -> int:
+    """A fixed fold for a problem, by a hash of its id: the same in every run."""
+    return int(hashlib.sha256(problem_id.encode()).hexdigest()[:8], 16) % folds
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """Every row routed at a threshold chosen on the other folds, and the fold thresholds."""
+
+    routed: list[bool]  # per row: right or wrong after routing
+    own: list[bool]  # per row: the own model answered
+    thresholds: list[float]  # one per fold
+
+
+def cross_fitted(
+    rows: Sequence[RoutingRow],
+    ids: Sequence[str],
+    *,
+    folds: int,
+    max_quality_loss: float,
+    min_rows: int = MIN_CALIBRATION_ROWS,
+) -> CrossFit:
+    """Route each fold at the threshold calibrated on the others (see the module docstring).
+
+    Raises ConfigError, as calibrate_threshold does, when a fold's complement has fewer than
+    min_rows rows."""
+    if folds < 2:
+        raise ConfigError(f"folds is {folds}; cross-fitting needs at least 2")
+    part = [fold_of(i, folds) for i in ids]
+    routed, own, thresholds = [False] * len(rows), [False] * len(rows), []
+    for k in range(folds):
+        rest = [r for r, f in zip(rows, part, strict=True) if f != k]
+        t = calibrate_threshold(rest, max_quality_loss=max_quality_loss, min_rows=min_rows)
+        thresholds.append(t.threshold)
+        for j, (r, f) in enumerate(zip(rows, part, strict=True)):
+            if f == k:
+                own[j] = r.confidence >= t.threshold
+                routed[j] = r.own_correct if own[j] else r.served_correct
+    return CrossFit(routed, own, thresholds)

@@ -115,22 +115,27 @@ def write_prompt_set(path: Path, n: int) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def routing_case(tmp_path: Path, wrong_on_check: int) -> tuple[bool, list[str], dict]:
-    """Today's model right on all 200 problems; the candidate confident and right everywhere but
-    on `wrong_on_check` problems of the part the threshold is not chosen on."""
-    from ownlm.eval.gate import _is_calibration, routing_rule
+def routing_case(tmp_path: Path, wrong_in_fold0: int) -> tuple[bool, list[str], dict]:
+    """Today's model right on all 200 problems; the candidate right everywhere but on
+    `wrong_in_fold0` problems of one cross-fitting fold, where it is also most confident: the
+    thresholds chosen on the other folds never saw those errors (a shift the check must catch)."""
+    from ownlm.eval.gate import routing_rule
+    from ownlm.eval.routing import fold_of
 
     ps = tmp_path / "rl_eval.jsonl"
     write_prompt_set(ps, 200)
     env = {"kind": "prompt_set", "train_path": str(ps), "test_path": str(ps)}
     c = cfg(domain={"name": "app", "env": env, "n_problems": 200})
-    check = [f"p{i}" for i in range(200) if not _is_calibration(f"p{i}", 0.5)]
-    wrong = set(check[:wrong_on_check])
+    fold0 = [f"p{i}" for i in range(200) if fold_of(f"p{i}", 5) == 0]
+    wrong = set(fold0[:wrong_in_fold0])
     rows = tmp_path / "rows.jsonl"
     rows.write_text(
         "".join(
-            json.dumps({"id": f"p{i}", "correct": f"p{i}" not in wrong, "confidence": 0.9}) + "\n"
-            for i in range(200)
+            json.dumps(
+                {"id": i, "correct": i not in wrong, "confidence": 0.95 if i in wrong else 0.9}
+            )
+            + "\n"
+            for i in (f"p{k}" for k in range(200))
         )
     )
     return routing_rule(c, rows)
@@ -139,9 +144,12 @@ def routing_case(tmp_path: Path, wrong_on_check: int) -> tuple[bool, list[str], 
 def test_refuses_a_candidate_whose_routed_quality_is_3_points_under_today(
     tmp_path: Path,
 ) -> None:
-    ok, lines, m = routing_case(tmp_path, wrong_on_check=0)
+    ok, lines, m = routing_case(tmp_path, wrong_in_fold0=0)
     assert ok and m["routed_domain"] == 1.0 and m["routed_own_share"] == 1.0, lines
-    ok, lines, m = routing_case(tmp_path, wrong_on_check=int(0.03 * m["routing_check_rows"]) + 1)
+    assert m["routing_check_rows"] == 200  # every problem checked, each out of its own fold
+    ok, lines, m = routing_case(tmp_path, wrong_in_fold0=7)
     assert not ok
     assert m["serving_domain"] == 1.0 and m["routed_diff"] <= -0.03
     assert lines[0].startswith("FAIL: routed domain 0.9"), lines
+    # the served threshold, chosen on all 200, sees the errors and keeps them on the paid API
+    assert m["routing_threshold"] > 0.95

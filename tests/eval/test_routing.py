@@ -66,3 +66,21 @@ def test_threshold_holds_the_floor_on_held_out_rows() -> None:
     served = sum(r.served_correct for r in held_out) / len(held_out)
     assert 0.2 < cal.own_share < 0.6  # a real share of traffic moved
     assert routed >= served - 0.02 - 0.01  # the floor, within sampling noise of 2,000 rows
+
+
+def test_cross_fitting_checks_every_row_at_a_threshold_chosen_without_it() -> None:
+    from ownlm.eval.routing import cross_fitted, fold_of
+
+    rng = random.Random(11)
+    rows_, ids = [], [f"q{i}" for i in range(1500)]
+    for _ in ids:
+        c = rng.random()
+        rows_.append(RoutingRow(c, rng.random() < c, True))
+    cv = cross_fitted(rows_, ids, folds=5, max_quality_loss=0.02)
+    assert len(cv.thresholds) == 5 and len(set(cv.thresholds)) > 1  # one per fold
+    for j, (r, i) in enumerate(zip(rows_, ids, strict=True)):
+        assert cv.own[j] == (r.confidence >= cv.thresholds[fold_of(i, 5)])
+        assert cv.routed[j] == (r.own_correct if cv.own[j] else r.served_correct)
+    assert sum(cv.routed) / len(rows_) >= 1.0 - 0.02 - 0.01  # the floor, within noise
+    with pytest.raises(ConfigError, match="at least 2"):
+        cross_fitted(rows_, ids, folds=1, max_quality_loss=0.02)
