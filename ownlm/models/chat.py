@@ -11,6 +11,9 @@
   conversation does not carry every old thought.
 - The thinking budget is enforced by the sampler: after N thought tokens it appends
   `think_close_ids(tokenizer)` and lets the model answer.
+- A model fine-tuned only on answers without thoughts (SFT marks its template with
+  `NO_THOUGHT_MARKER`) opens a no-think answer directly, as it was trained: the empty thought
+  would be 9 tokens it never saw, read on every request.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ THINK_SYSTEM_PROMPT = (
     "First think step by step inside <think> </think> tags, then write the final answer "
     "after the closing </think> tag."
 )
+# In a chat template (a Jinja comment, renders nothing): the model answers without an empty thought.
+NO_THOUGHT_MARKER = "{#- ownlm: no-think answers open without an empty thought -#}"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 _FLAG = re.compile(r"\s*/(no_think|think)\s*$")
@@ -77,8 +82,28 @@ def render_prompt(
         add_generation_prompt=add_generation_prompt,
     )
     if add_generation_prompt:
-        text += THINK_ON_PREFIX if thinking else THINK_OFF_PREFIX
+        text += THINK_ON_PREFIX if thinking else no_think_prefix(tokenizer)
     return text
+
+
+def answers_without_thought(tokenizer: Any) -> bool:
+    """True when the model's template is marked to open no-think answers directly."""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and NO_THOUGHT_MARKER in template
+
+
+def no_think_prefix(tokenizer: Any) -> str:
+    """What opens a no-think answer for this model: the empty thought, or nothing."""
+    return "" if answers_without_thought(tokenizer) else THINK_OFF_PREFIX
+
+
+def mark_answers_without_thought(tokenizer: Any) -> None:
+    """Mark the tokenizer's chat template (saved with it): no-think answers open directly."""
+    template = tokenizer.chat_template
+    if not isinstance(template, str):
+        raise ValueError("marking a template needs a tokenizer with a single chat template")
+    if NO_THOUGHT_MARKER not in template:
+        tokenizer.chat_template = template + NO_THOUGHT_MARKER
 
 
 def encode_prompt(

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ownlm.config import Config
-from ownlm.models.chat import THINK_OFF_PREFIX
+from ownlm.models.chat import NO_THOUGHT_MARKER, THINK_OFF_PREFIX
 from ownlm.models.llama_cpp import Quantization, export_gguf
 
 
@@ -43,7 +43,7 @@ class ExportGGUFSummary(BaseModel):
 # Ollama's Go template for a ChatML model (SmolLM2), opening a no-think answer like ownlm does.
 CHATML_TEMPLATE = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-    "<|im_start|>assistant\n" + THINK_OFF_PREFIX
+    "<|im_start|>assistant\n"
 )
 
 
@@ -51,7 +51,9 @@ def modelfile_text(gguf: Path, chat_template: str | None) -> str:
     """An Ollama Modelfile for a GGUF (the template spelled out when the model is ChatML)."""
     lines = [f"FROM ./{gguf.name}"]
     if chat_template is not None and "<|im_start|>" in chat_template:
-        lines += [f'TEMPLATE """{CHATML_TEMPLATE}"""', 'PARAMETER stop "<|im_end|>"']
+        opening = "" if NO_THOUGHT_MARKER in chat_template else THINK_OFF_PREFIX
+        template = CHATML_TEMPLATE + opening
+        lines += [f'TEMPLATE """{template}"""', 'PARAMETER stop "<|im_end|>"']
     lines.append("PARAMETER temperature 0")
     return "\n".join(lines) + "\n"
 

@@ -35,7 +35,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator
 
 from ownlm.errors import ConfigError, ModelLoadError
-from ownlm.models.chat import THINK_OFF_PREFIX
+from ownlm.models.chat import NO_THOUGHT_MARKER, THINK_OFF_PREFIX
 
 # What llama.cpp's converter writes itself; the rest go through llama-quantize from f16.
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -147,19 +147,24 @@ def _stage_model_dir(model_dir: Path, stage: Path) -> Path:
 
 
 def _add_think_off_prefix(stage: Path) -> None:
-    """Make the staged chat template open a no-think answer as `render_prompt` does."""
+    """Make the staged chat template open a no-think answer as `render_prompt` does (with the
+    empty thought, unless the template is marked to answer without one)."""
     suffix = "{% if add_generation_prompt %}" + THINK_OFF_PREFIX + "{% endif %}"
     jinja = stage / "chat_template.jinja"  # transformers 5 keeps the template here
     if jinja.is_file():
         template = jinja.read_text()
-        if THINK_OFF_PREFIX not in template:
+        if THINK_OFF_PREFIX not in template and NO_THOUGHT_MARKER not in template:
             jinja.unlink()  # a link to the model's own file: write a copy instead
             jinja.write_text(template + suffix)
         return
     tc_path = stage / "tokenizer_config.json"
     tc = json.loads(tc_path.read_text())
     template = tc.get("chat_template")
-    if isinstance(template, str) and THINK_OFF_PREFIX not in template:
+    if (
+        isinstance(template, str)
+        and THINK_OFF_PREFIX not in template
+        and NO_THOUGHT_MARKER not in template
+    ):
         tc["chat_template"] = template + suffix
         tc_path.unlink()
         tc_path.write_text(json.dumps(tc, indent=2))

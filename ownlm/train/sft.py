@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ownlm.config import dump_config
 from ownlm.errors import DataError
+from ownlm.models.chat import THINK_OPEN, mark_answers_without_thought
 from ownlm.models.context import find_shared_context, has_context, install_context
 from ownlm.train.checkpoint import (
     MetricsLog,
@@ -57,6 +58,13 @@ class SFTConfig(FileRecipeConfig):
         True,
         description="learn what every chat shares (system prompt, fixed instructions) and cut it "
         "from the prompt",
+    )
+    # SFT renders answers as the chat template does, without the empty thought the hybrid format
+    # opens a no-think answer with; marking the template makes every later stage do the same.
+    drop_empty_thought: bool = Field(
+        True,
+        description="when no training answer holds a <think> thought, the trained model opens "
+        "no-think answers without the empty thought (as trained; 9 prompt tokens less)",
     )
 
 
@@ -124,6 +132,13 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
         if shared is not None:
             install_context(tokenizer, shared)
             tqdm.write(f"sft: context distillation: the model learns {shared.describe()}")
+    if cfg.drop_empty_thought and not any(
+        THINK_OPEN in str(m.get("content") or "")
+        for ex in examples
+        for m in ex.messages
+        if m["role"] == "assistant"
+    ):
+        mark_answers_without_thought(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     train_chats, skipped = _tokenize_all(tokenizer, examples, cfg.max_seq_len)

@@ -122,3 +122,21 @@ def test_think_close_ids_decode_to_the_close_tag(tiny: tuple[Any, Any]) -> None:
 def test_split_thinking(text: str, thinking_open: bool, thought: str, answer: str) -> None:
     assert split_thinking(text, thinking_open=thinking_open) == (thought, answer)
     assert strip_thinking(text, thinking_open=thinking_open) == answer
+
+
+def test_a_model_marked_to_answer_without_a_thought_opens_directly(
+    tiny: tuple[Any, Any],
+) -> None:
+    import copy
+
+    from ownlm.models.chat import answers_without_thought, mark_answers_without_thought
+
+    _, tok = tiny
+    tok = copy.deepcopy(tok)
+    before = render_prompt(tok, Q)
+    mark_answers_without_thought(tok)
+    mark_answers_without_thought(tok)  # once
+    assert answers_without_thought(tok) and tok.chat_template.count("ownlm: no-think") == 1
+    assert render_prompt(tok, Q) == before[: -len(THINK_OFF_PREFIX)]
+    assert render_prompt(tok, Q).endswith("<|im_start|>assistant\n")
+    assert render_prompt(tok, Q, enable_thinking=True).endswith(THINK_ON_PREFIX)  # asked: it may

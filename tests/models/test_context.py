@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from ownlm.models.chat import encode_prompt, render_prompt
+from ownlm.models.chat import (
+    answers_without_thought,
+    encode_prompt,
+    mark_answers_without_thought,
+    render_prompt,
+)
 from ownlm.models.context import find_shared_context, has_context, install_context
 from ownlm.models.llama_cpp import THINK_OFF_PREFIX, LlamaServer, export_gguf
 from ownlm.models.load import load_model
@@ -74,14 +79,17 @@ def test_the_template_cuts_matching_prompts_and_leaves_others(tiny: tuple[Any, A
     )
 
 
+@pytest.mark.parametrize("no_thought", [False, True])
 def test_the_cut_is_saved_with_the_model_and_served_by_llama_cpp(
-    tiny: tuple[Any, Any], tmp_path: Path
+    tiny: tuple[Any, Any], tmp_path: Path, no_thought: bool
 ) -> None:
     model, tok = tiny
     tok = copy.deepcopy(tok)
     ctx = find_shared_context(CONVERSATIONS)
     assert ctx is not None
     install_context(tok, ctx)
+    if no_thought:
+        mark_answers_without_thought(tok)
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     _, loaded = load_model(str(tmp_path / "m"))
@@ -97,16 +105,18 @@ def test_the_cut_is_saved_with_the_model_and_served_by_llama_cpp(
         with urllib.request.urlopen(req, timeout=30) as resp:
             served = json.loads(resp.read())["prompt"]
     assert served == expected
-    assert expected.endswith(THINK_OFF_PREFIX)
+    assert expected.endswith(THINK_OFF_PREFIX) is not no_thought
+    assert expected.endswith("<|im_start|>assistant\n") is no_thought
 
 
-@pytest.mark.parametrize("distill", [True, False])
-def test_sft_installs_the_cut_only_when_asked(tmp_path: Path, distill: bool) -> None:
+@pytest.mark.parametrize(
+    ("distill", "answer"),
+    [(True, "Answer: 4"), (False, "Answer: 4"), (True, "<think>2+2</think>Answer: 4")],
+)
+def test_sft_installs_the_cut_only_when_asked(tmp_path: Path, distill: bool, answer: str) -> None:
     from ownlm.train.sft import SFTConfig, train_sft
 
-    rows = [
-        {"messages": [*c, {"role": "assistant", "content": "Answer: 4"}]} for c in CONVERSATIONS
-    ]
+    rows = [{"messages": [*c, {"role": "assistant", "content": answer}]} for c in CONVERSATIONS]
     (tmp_path / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     from ownlm.models.tiny import tiny_model
 
@@ -123,3 +133,8 @@ def test_sft_installs_the_cut_only_when_asked(tmp_path: Path, distill: bool) -> 
     )  # fmt: skip
     _, saved = load_model(summary.final_dir)
     assert has_context(saved) is distill
+    # trained on answers without thoughts, the model is served no-think answers without the empty
+    # thought it never saw in training; a model that learnt thoughts keeps the hybrid format
+    thoughtless = "<think>" not in answer
+    assert answers_without_thought(saved) is thoughtless
+    assert render_prompt(saved, chat("2 cats")).endswith(THINK_OFF_PREFIX) is not thoughtless
