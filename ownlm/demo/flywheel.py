@@ -3,8 +3,9 @@
 1. A scripted stand-in for a paid API (ownlm/demo/strong.py, billed at a real provider's price)
    serves the app through the ownlm gateway; simulated users rate every answer.
 2. `ownlm loop` runs one cycle on the captured traffic: export -> SFT on the strong model's
-   answers -> GRPO on the app's prompts with the app's verifier -> register -> gate (domain gain
-   vs general regression) -> promote as a canary arm of an A/B test at the gateway.
+   answers (-> GRPO on the app's prompts with the app's verifier, when configured; the demo's
+   config says why it is off) -> register -> gate (domain gain vs general regression, routed
+   quality vs the paid API) -> promote as a canary arm of an A/B test at the gateway.
 3. The app keeps sending traffic; users' feedback decides the A/B and the gateway shifts traffic.
 4. `ownlm report` computes TFP, cost and savings and writes the dashboard.
 
@@ -235,8 +236,9 @@ def _story(
     figures["before"] = base
 
     # 2. one loop cycle
-    _say("\n[2/4] ownlm loop: export -> SFT -> GRPO -> register -> gate -> promote")
     loop_cfg = validate_config(loop_cls, loop_data(cfg, store_url, work), "demo config: loop")
+    trains = [name.upper() for name in ("sft", "grpo") if getattr(loop_cfg, name) is not None]
+    _say(f"\n[2/4] ownlm loop: export -> {' -> '.join(trains)} -> register -> gate -> promote")
     t0 = time.perf_counter()
     try:
         cycle = run_loop(loop_cfg)
