@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import math
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from urllib.parse import parse_qs
 from ownlm.gateway.asgi import Receive, Scope, Send, read_body, send_bytes, send_json
 from ownlm.gateway.auth import authorization
 from ownlm.gateway.config import GatewayConfig
-from ownlm.gateway.wire import WireError, parse_json_object
+from ownlm.gateway.wire import WireError, check_label
 from ownlm.store.schema import ApiKey, Experiment, Feedback
 
 if TYPE_CHECKING:
@@ -72,8 +73,12 @@ def record_experiments(gw: Gateway) -> None:
         gw.store.save_experiment(Experiment(name, alias, arms, [exp.arms[a] for a in arms]))
 
 
-def parse_feedback(body: dict[str, Any]) -> Feedback:
-    """A Feedback row from a request body, or a 400 naming the bad field."""
+def parse_feedback(body: dict[str, Any], cfg: GatewayConfig) -> Feedback:
+    """A Feedback row from a request body, or a 400 naming the bad field.
+
+    `score` is from 0 to 1, as the report and the data exports read it (a thumbs up counts as 1,
+    a thumbs down as 0); `value` is money (USD), finite and within `max_feedback_value_usd`.
+    """
     trace_id = body.get("trace_id")
     if not isinstance(trace_id, str) or not TRACE_ID.match(trace_id):
         raise WireError(
@@ -84,18 +89,38 @@ def parse_feedback(body: dict[str, Any]) -> Feedback:
             param="trace_id",
         )
     thumbs = _thumbs(body.get("thumbs"))
+    cap = cfg.max_feedback_value_usd
     values: dict[str, float | None] = {}
-    for name in ("score", "value"):
+    for name, lo, hi, want in (
+        ("score", 0.0, 1.0, "a number from 0 to 1"),
+        ("value", -cap, cap, f"a finite number of USD from {-cap:.15g} to {cap:.15g}"),
+    ):
         v = body.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-            raise WireError(400, f"'{name}' must be a number, got {v!r}"[:300], param=name)
-        values[name] = float(v) if v is not None else None
+        if v is None:
+            values[name] = None
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise WireError(400, f"'{name}' must be {want}, got {v!r}"[:300], param=name)
+        if not (isinstance(v, int) or math.isfinite(v)) or not lo <= v <= hi:
+            raise WireError(
+                400, f"'{name}' must be {want}, got {v!r}"[:300], param=name, code="out_of_range"
+            )
+        values[name] = float(v)
     comment = body.get("comment")
     if comment is not None and not isinstance(comment, str):
         raise WireError(400, "'comment' must be a string", param="comment")
+    if comment is not None and "\x00" in comment:
+        raise WireError(
+            400,
+            "'comment' holds a NUL character (\\u0000), which the store cannot keep; remove it",
+            param="comment",
+            code="invalid_label",
+        )
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise WireError(400, "'user' must be a string", param="user")
+    if user is not None:
+        check_label("user", user, cfg.labels.max_user_chars)
     if thumbs is None and values["score"] is None and values["value"] is None and not comment:
         raise WireError(400, "feedback needs at least one of thumbs, score, value or comment")
     return Feedback(
@@ -146,7 +171,7 @@ def routes(gw: Gateway) -> dict[tuple[str, str], Handler]:
 
     async def create_key(scope: Scope, receive: Receive, send: Send) -> None:
         require_admin(scope)
-        body = parse_json_object(await read_body(receive, dict(scope["headers"]), 65536))
+        body = gw.parse_body(await read_body(receive, dict(scope["headers"]), 65536))
         name = body.get("name")
         if not isinstance(name, str) or not name:
             raise WireError(400, "'name' must be a non-empty string", param="name")
@@ -175,7 +200,7 @@ def routes(gw: Gateway) -> dict[tuple[str, str], Handler]:
 
     async def disable_key(scope: Scope, receive: Receive, send: Send) -> None:
         require_admin(scope)
-        body = parse_json_object(await read_body(receive, dict(scope["headers"]), 65536))
+        body = gw.parse_body(await read_body(receive, dict(scope["headers"]), 65536))
         key_id = body.get("key_id")
         if not isinstance(key_id, str):
             raise WireError(400, "'key_id' must be a string", param="key_id")

@@ -92,7 +92,7 @@ class Gateway:
         self.canaries_decided: set[int] = set()
         self.aliases = sorted(set(cfg.models) | set(cfg.router.routes))
         self.upstreams = upstreams if upstreams is not None else build_upstreams(cfg)
-        self.keys = KeyRing(admin.admin_sha256(cfg))
+        self.keys = KeyRing(admin.admin_sha256(cfg), cfg.max_authorization_bytes)
         self.cache = ReplyCache(cfg.cache_max_entries, cfg.cache_ttl_s)
         self.store: TraceStore | None = None
         self.writer: TraceWriter | None = None
@@ -133,7 +133,7 @@ class Gateway:
         """POST /v1/chat/completions, whole or streamed."""
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
-        body = parse_json_object(await read_body(receive, headers, self.cfg.max_body_bytes))
+        body = self.parse_body(await read_body(receive, headers, self.cfg.max_body_bytes))
         check_chat_request(body)
         key_id = self.authenticate(headers)
         alias = self.check_alias(body["model"])
@@ -197,11 +197,11 @@ class Gateway:
         """POST /v1/embeddings, passed through to the model's upstream."""
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
-        body = parse_json_object(await read_body(receive, headers, self.cfg.max_body_bytes))
+        body = self.parse_body(await read_body(receive, headers, self.cfg.max_body_bytes))
         check_embeddings_request(body)
         key_id = self.authenticate(headers)
         alias = self.check_alias(body["model"])
-        user, session, tags, metadata = request_labels(body, headers)
+        user, session, tags, metadata = request_labels(body, headers, self.cfg.labels)
         text = embedding_text(body["input"])
         routed = await self.decide(RouteRequest(alias, user, metadata, len(text) // 4, 0, text))
         # the variant is chosen like a chat's, but an embedding is no arm of an A/B experiment
@@ -227,8 +227,8 @@ class Gateway:
     async def feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/feedback: answered only after the feedback row is durably committed."""
         headers = dict(scope["headers"])
-        body = parse_json_object(await read_body(receive, headers, self.cfg.max_body_bytes))
-        fb = admin.parse_feedback(body)
+        body = self.parse_body(await read_body(receive, headers, self.cfg.max_body_bytes))
+        fb = admin.parse_feedback(body, self.cfg)
         key_id = self.authenticate(headers)
         fb.key_id = key_id
         made_by = None if key_id in (None, ADMIN_ID) else key_id  # the admin may rate any trace
@@ -266,10 +266,10 @@ class Gateway:
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /health: liveness, the trace writer's counters and the own-model engines."""
         w = self.writer
-        stats = {"queued": 0, "written": 0, "dropped": 0, "failed": 0}
+        stats = {"queued": 0, "written": 0, "dropped": 0, "failed": 0, "quarantined": 0}
         if w is not None:
             stats = {"queued": w.queued, "written": w.written}
-            stats.update(dropped=w.dropped, failed=w.failed)
+            stats.update(dropped=w.dropped, failed=w.failed, quarantined=w.quarantined)
         engines = {
             name: up.health() for name, up in self.upstreams.items() if hasattr(up, "health")
         }
@@ -280,6 +280,10 @@ class Gateway:
         await send_json(send, 200, body)
 
     # -- steps shared by the endpoints -------------------------------------------------------
+
+    def parse_body(self, raw: bytes) -> dict[str, Any]:
+        """The request body as a JSON object within `max_json_depth`, or a 400."""
+        return parse_json_object(raw, self.cfg.max_json_depth)
 
     def authenticate(self, headers: dict[bytes, bytes]) -> str | None:
         """The caller's key id (None when keys are not required), or a 401/429 WireError."""
@@ -333,7 +337,7 @@ class Gateway:
         headers: dict[bytes, bytes], messages: list[Any], key_id: str | None,
     ) -> PendingTrace:  # fmt: skip
         """The router's decision for a chat-shaped request, in the trace it opens."""
-        user, session, tags, metadata = request_labels(body, headers)
+        user, session, tags, metadata = request_labels(body, headers, self.cfg.labels)
         text = prompt_text(messages)
         req = RouteRequest(alias, user, metadata, len(text) // 4, len(messages), text)
         decision = await self.decide(req)

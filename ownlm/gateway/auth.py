@@ -3,7 +3,8 @@
 A key comes as `Authorization: Bearer <key>` or, as Azure OpenAI clients send it, `api-key: <key>`.
 
 Keys live in memory (loaded from the store and the config at start, added when the admin
-creates one), so checking a key costs one sha256 and a dict lookup, no I/O. Spend comes from the
+creates one), so checking a key costs one sha256 and a dict lookup, no I/O. A header over
+`max_authorization_bytes` is refused (401) before it is decoded or hashed. Spend comes from the
 traces the writer has committed (`add_spend`), so a budget can be overrun by the requests in
 flight during one writer interval.
 """
@@ -34,11 +35,14 @@ ADMIN_ID = "admin"
 class KeyRing:
     """All keys the gateway accepts, by sha256 of the secret."""
 
-    def __init__(self, admin_sha256: str | None) -> None:
+    def __init__(self, admin_sha256: str | None, max_authorization_bytes: int) -> None:
         self.admin_sha256 = admin_sha256
+        self.max_authorization_bytes = max_authorization_bytes
         self._by_hash: dict[str, KeyState] = {}
         self._by_id: dict[str, KeyState] = {}
-        self._hash_of_secret: dict[str, str] = {}  # memo: secrets seen -> their hash
+        # memo: secrets of known keys -> their hash. Unknown secrets are never kept, so it holds
+        # at most one entry per key however many bogus keys clients send.
+        self._hash_of_secret: dict[str, str] = {}
 
     def add(self, key: ApiKey, spent_usd: float = 0.0) -> None:
         """Accept this key from now on (replacing one with the same id)."""
@@ -66,24 +70,38 @@ class KeyRing:
         h = self._hash_of_secret.get(secret)
         if h is None:
             h = hashlib.sha256(secret.encode()).hexdigest()
-            if len(self._hash_of_secret) < 100_000:
+            if h in self._by_hash or h == self.admin_sha256:
                 self._hash_of_secret[secret] = h
         return h
 
+    def _secret(self, authorization: bytes | None) -> str:
+        """The bearer secret ("" for none); a 401 for a header over `max_authorization_bytes`,
+        before it is decoded or hashed."""
+        if authorization is not None and len(authorization) > self.max_authorization_bytes:
+            raise WireError(
+                401,
+                f"the Authorization header is {len(authorization)} bytes; the limit is "
+                f"{self.max_authorization_bytes} (max_authorization_bytes); send the API key "
+                "the gateway admin gave you",
+                type_="authentication_error",
+                code="invalid_api_key",
+            )
+        return _bearer(authorization)
+
     def is_admin(self, authorization: bytes | None) -> bool:
         """True when the header carries the admin key."""
-        secret = _bearer(authorization)
+        secret = self._secret(authorization)
         return bool(secret and self.admin_sha256 and self._hash(secret) == self.admin_sha256)
 
     def user_key_name(self, authorization: bytes | None) -> str | None:
         """The name of the enabled user key in the header (not counted against its limits)."""
-        secret = _bearer(authorization)
+        secret = self._secret(authorization)
         state = self._by_hash.get(self._hash(secret)) if secret else None
         return None if state is None or state.key.disabled else state.key.name
 
     def check(self, authorization: bytes | None) -> str:
         """The key id allowed to make this request, or a WireError (401 or 429)."""
-        secret = _bearer(authorization)
+        secret = self._secret(authorization)
         if not secret:
             raise WireError(
                 401,

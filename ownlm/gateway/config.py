@@ -88,6 +88,27 @@ class KeyConfig(Config):
     budget_usd: float | None = Field(None, ge=0, description="spend limit; null: none")
 
 
+class LabelLimits(Config):
+    """How long a request's labels may be. Checked when the request arrives (a 400 naming the
+    field), so every trace fits the store's columns and one request cannot sink a batch."""
+
+    max_user_chars: int = Field(
+        200, ge=1, le=200, description="`user` (body or x-ownlm-user); the store column is 200"
+    )
+    max_session_chars: int = Field(
+        200, ge=1, le=200, description="x-ownlm-session or metadata.session_id; column is 200"
+    )
+    max_tags: int = Field(16, ge=0, description="tags per request (x-ownlm-tags, metadata.tags)")
+    max_tag_chars: int = Field(64, ge=1, description="characters in one tag")
+    max_metadata_keys: int = Field(
+        16, ge=0, description="keys of body metadata plus x-ownlm-tag-* headers (OpenAI: 16)"
+    )
+    max_metadata_key_chars: int = Field(64, ge=1, description="characters in a key (OpenAI: 64)")
+    max_metadata_value_chars: int = Field(
+        512, ge=1, description="characters in a value (OpenAI: 512)"
+    )
+
+
 class GatewayConfig(Config):
     """Everything `ownlm serve` needs."""
 
@@ -112,6 +133,22 @@ class GatewayConfig(Config):
     default_rate_per_s: float = Field(50.0, gt=0, description="for keys created by the admin")
     default_burst: int = Field(100, ge=1, description="for keys created by the admin")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger requests get a 413")
+    max_json_depth: int = Field(
+        64,
+        ge=2,
+        le=250,
+        description="request bodies nested deeper get a 400 (the store's JSON encoder stops at "
+        "254 levels)",
+    )
+    max_authorization_bytes: int = Field(
+        4096, ge=64, description="a longer Authorization (or api-key) header is a 401, unread"
+    )
+    labels: LabelLimits = Field(
+        default_factory=LabelLimits, description="limits on user, session, tags and metadata"
+    )
+    max_feedback_value_usd: float = Field(
+        1_000_000.0, gt=0, description="feedback `value` must lie within plus or minus this"
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="browser origins allowed to call the gateway (CORS), e.g. "

@@ -35,7 +35,7 @@ from ownlm.gateway.responses_wire import (
     response_from_chat,
 )
 from ownlm.gateway.upstream import UpstreamResponse, UpstreamUnavailable
-from ownlm.gateway.wire import WireError, parse_json_object
+from ownlm.gateway.wire import WireError
 
 if TYPE_CHECKING:
     from ownlm.gateway.app import Gateway
@@ -67,7 +67,7 @@ class ResponsesAPI:
         gw = self.gw
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
-        body = parse_json_object(await read_body(receive, headers, gw.cfg.max_body_bytes))
+        body = gw.parse_body(await read_body(receive, headers, gw.cfg.max_body_bytes))
         check_responses_request(body)
         key_id = gw.authenticate(headers)
         alias = gw.check_alias(body["model"])

@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from ownlm.gateway.wire import reassemble_stream, usage_tokens
+from ownlm.gateway.config import LabelLimits
+from ownlm.gateway.wire import WireError, check_label, reassemble_stream, usage_tokens
 from ownlm.router.policy import Decision
 from ownlm.store.schema import Trace
 
@@ -46,33 +47,76 @@ def header_text(value: bytes) -> str:
 
 
 def request_labels(
-    body: dict[str, Any], headers: dict[bytes, bytes]
+    body: dict[str, Any], headers: dict[bytes, bytes], limits: LabelLimits
 ) -> tuple[str | None, str | None, list[str], dict[str, str]]:
     """(user, session, tags, metadata) from the body's `user`/`metadata` and x-ownlm-* headers.
 
     Headers: `x-ownlm-user`, `x-ownlm-session`, `x-ownlm-tags: a,b`, `x-ownlm-tag-<key>: value`
-    (added to metadata). Metadata keys `session_id` and `tags` (comma list) are read too.
+    (added to metadata). Metadata keys `session_id` and `tags` (comma list) are read too. Each
+    label is checked against `limits` as it is read: a 400 naming the field if it is too long
+    or holds a NUL (the store's columns and PostgreSQL refuse both).
     """
     raw_meta = body.get("metadata")
-    metadata: dict[str, str] = dict(raw_meta) if isinstance(raw_meta, dict) else {}
+    metadata: dict[str, str] = {}
+    for key, value in raw_meta.items() if isinstance(raw_meta, dict) else ():
+        check_label("metadata", key, limits.max_metadata_key_chars, f"metadata key {key[:64]!r}")
+        if not isinstance(value, str):
+            raise WireError(400, f"metadata.{key} must be a string", param=f"metadata.{key}")
+        check_label(f"metadata.{key}", value, limits.max_metadata_value_chars)
+        metadata[key] = value
     tags: list[str] = []
     user = body.get("user") if isinstance(body.get("user"), str) else None
+    if user is not None:
+        check_label("user", user, limits.max_user_chars)
     session = metadata.get("session_id")
+    if session is not None:
+        check_label("metadata.session_id", session, limits.max_session_chars)
     for name, value in headers.items():
         if not name.startswith(b"x-ownlm-"):
             continue
         text = header_text(value)
         if name == b"x-ownlm-user":
+            check_label("x-ownlm-user", text, limits.max_user_chars, "header x-ownlm-user")
             user = user or text
         elif name == b"x-ownlm-session":
+            check_label("x-ownlm-session", text, limits.max_session_chars, "header x-ownlm-session")
             session = text
         elif name == b"x-ownlm-tags":
-            tags.extend(t.strip() for t in text.split(",") if t.strip())
+            _add_tags(tags, text, "x-ownlm-tags", limits)
         elif name.startswith(b"x-ownlm-tag-"):
-            metadata[header_text(name[12:])] = text
+            key = header_text(name[12:])
+            param = "x-ownlm-tag-" + key[:64]
+            check_label(param, key, limits.max_metadata_key_chars, f"metadata key {key[:64]!r}")
+            check_label(param, text, limits.max_metadata_value_chars, f"header {param}")
+            metadata[key] = text
+    if len(metadata) > limits.max_metadata_keys:
+        raise WireError(
+            400,
+            f"metadata has {len(metadata)} keys (body metadata plus x-ownlm-tag-* headers); the "
+            f"limit is {limits.max_metadata_keys}",
+            param="metadata",
+            code="label_too_long",
+        )
     if "tags" in metadata:
-        tags.extend(t.strip() for t in metadata["tags"].split(",") if t.strip())
+        _add_tags(tags, metadata["tags"], "metadata.tags", limits)
     return user, session, tags, metadata
+
+
+def _add_tags(tags: list[str], text: str, param: str, limits: LabelLimits) -> None:
+    """Append the comma-separated tags of `text`, each checked, and check the count."""
+    for part in text.split(","):
+        tag = part.strip()
+        if tag:
+            check_label(param, tag, limits.max_tag_chars, f"a tag in {param}")
+            tags.append(tag)
+    if len(tags) > limits.max_tags:
+        raise WireError(
+            400,
+            f"the request has {len(tags)} tags (x-ownlm-tags plus metadata.tags); the limit is "
+            f"{limits.max_tags}",
+            param=param,
+            code="label_too_long",
+        )
 
 
 class PendingTrace:
@@ -148,6 +192,8 @@ class PendingTrace:
         if error is None and self.status >= 400 and response is not None:
             err = response.get("error")
             error = str(err.get("message") if isinstance(err, dict) else err)
+        if error is not None and "\x00" in error:  # an upstream's text; PostgreSQL text refuses NUL
+            error = error.replace("\x00", "\\u0000")
         prompt, completion = (0, 0) if self.cache_hit else usage_tokens(response)
         if self.endpoint == "embeddings":
             response = {"usage": response.get("usage")} if response else None  # vectors: no

@@ -8,7 +8,11 @@ inserts them in one transaction. This is the one place that decides when a write
 - on a hard crash (kill -9, power loss) the traces recorded in the last `flush_interval_ms`,
   plus the batch being written, are lost: at most `max_queue` traces (see docs/gateway.md);
 - feedback is acknowledged only after its own synchronous commit; if the trace it names is
-  still queued, that trace is written first, so acknowledged feedback always has its trace.
+  still queued, that trace is written first, so acknowledged feedback always has its trace;
+- a batch the database refuses for its data (a value too long for its column, a duplicate id)
+  is written again row by row: the good rows are stored, each bad one is logged and counted
+  as quarantined, so one bad trace never loses the others. A batch refused for any other reason
+  (the database is down or locked) is retried whole, 5 times with backoff, then counted failed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 from ownlm.store.schema import Feedback, Trace
 from ownlm.store.trace_store import TraceStore
@@ -54,6 +58,7 @@ class TraceWriter:
         self.on_written = on_written
         self.dropped = 0  # traces refused because the queue was full
         self.failed = 0  # traces lost to a store error
+        self.quarantined = 0  # traces the database refused for their data (logged, not stored)
         self.written = 0
         self._queue: collections.deque[Trace | TraceBuilder] = collections.deque()
         self._pending: set[str] = set()  # ids queued and not yet committed
@@ -142,19 +147,65 @@ class TraceWriter:
             self._settled += len(items)
             self._done.notify_all()
 
-    def _insert_with_retry(self, rows: list[Trace]) -> None:
+    def _insert_with_retry(self, rows: list[Trace], *, isolate: bool = True) -> None:
         for attempt in range(5):
             try:
                 self.store.write_traces(rows)
             except SQLAlchemyError as err:
+                if is_row_error(err) and isolate:
+                    self._insert_one_by_one(rows)
+                    return
                 log.warning(
                     "trace batch of %d failed (attempt %d): %s", len(rows), attempt + 1, err
                 )
                 time.sleep(0.05 * 2**attempt)
                 continue
-            self.written += len(rows)
-            if self.on_written is not None:
-                self.on_written(rows)
+            self._count_written(rows)
             return
         self.failed += len(rows)
         log.error("lost %d traces after 5 failed writes to %s", len(rows), self.store.url)
+
+    def _insert_one_by_one(self, rows: list[Trace]) -> None:
+        """Write each row in its own transaction after the batch was refused for its data."""
+        good: list[Trace] = []
+        for i, row in enumerate(rows):
+            try:
+                self.store.write_traces([row])
+            except SQLAlchemyError as err:
+                if not is_row_error(err):  # the store failed mid-way: retry the rest whole
+                    self._count_written(good)
+                    self._insert_with_retry(rows[i:], isolate=False)
+                    return
+                self.quarantined += 1
+                log.error(
+                    "trace %s (alias %r, key %s) quarantined, not stored: the store refused "
+                    "its data: %s",
+                    row.trace_id,
+                    row.alias,
+                    row.key_id,
+                    _first_line(err),
+                )
+                continue
+            good.append(row)
+        self._count_written(good)
+
+    def _count_written(self, rows: list[Trace]) -> None:
+        self.written += len(rows)
+        if rows and self.on_written is not None:
+            self.on_written(rows)
+
+
+def is_row_error(err: SQLAlchemyError) -> bool:
+    """True when the database refused a statement for the values in it (too long, NUL, a
+    duplicate key, a value that cannot be encoded), not because it is unreachable or busy."""
+    if isinstance(err, DataError | IntegrityError):
+        return True
+    # StatementError but not DBAPIError: it failed while binding the values, before the database
+    return isinstance(err, StatementError) and not isinstance(err, DBAPIError)
+
+
+def _first_line(err: SQLAlchemyError) -> str:
+    """The driver's message without the SQL and parameters SQLAlchemy appends (may hold PII)."""
+    orig = getattr(err, "orig", None)
+    text = str(orig) if orig is not None else str(err)
+    return text.strip().split("\n", 1)[0][:300]

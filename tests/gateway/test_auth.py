@@ -18,7 +18,7 @@ def sha(s: str) -> str:
 
 def ring(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> KeyRing:
     monkeypatch.setattr(auth.time, "monotonic", lambda: clock[0])
-    keys = KeyRing(sha("admin"))
+    keys = KeyRing(sha("admin"), max_authorization_bytes=4096)
     keys.add(ApiKey("k1", sha("s1"), "one", rate_per_s=2.0, burst=3, budget_usd=1.0))
     return keys
 

@@ -169,17 +169,18 @@ def test_client_errors_are_typed(gateway: RunningGateway) -> None:
 
 
 def test_rate_limit_and_budget(gateway: RunningGateway) -> None:
-    limited = client(gateway, LIMITED_KEY)
-    limited.chat.completions.create(model="chat", messages=MSG)
-    limited.chat.completions.create(model="chat", messages=MSG)
-    with pytest.raises(openai.RateLimitError, match="over its rate limit") as info:
+    # closed by `with`: a client left to the garbage collector warns of its open socket later,
+    # inside whichever test is running then
+    with client(gateway, LIMITED_KEY) as limited, client(gateway, BROKE_KEY) as broke:
         limited.chat.completions.create(model="chat", messages=MSG)
-    assert float(info.value.response.headers["retry-after"]) > 0
-    broke = client(gateway, BROKE_KEY)
-    broke.chat.completions.create(model="chat", messages=MSG)  # costs exactly its budget
-    gateway.app.app.writer.flush()
-    with pytest.raises(openai.RateLimitError, match="budget"):
-        broke.chat.completions.create(model="chat", messages=MSG)
+        limited.chat.completions.create(model="chat", messages=MSG)
+        with pytest.raises(openai.RateLimitError, match="over its rate limit") as info:
+            limited.chat.completions.create(model="chat", messages=MSG)
+        assert float(info.value.response.headers["retry-after"]) > 0
+        broke.chat.completions.create(model="chat", messages=MSG)  # costs exactly its budget
+        gateway.app.app.writer.flush()
+        with pytest.raises(openai.RateLimitError, match="budget"):
+            broke.chat.completions.create(model="chat", messages=MSG)
 
 
 def test_retries_fallbacks_and_upstream_errors(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from ownlm.gateway.config import LabelLimits
 from ownlm.gateway.tracing import request_labels
 from ownlm.gateway.wire import (
     UsageEventFilter,
@@ -101,7 +102,7 @@ def test_prompt_text_and_labels() -> None:
     assert prompt_text(msgs) == "a\nb"
     body = {"user": "u", "metadata": {"session_id": "s", "tags": "x, y", "tier": "pro"}}
     headers = {b"x-ownlm-tags": b"z", b"x-ownlm-tag-team": b"red", b"x-ownlm-user": b"other"}
-    user, session, tags, meta = request_labels(body, headers)
+    user, session, tags, meta = request_labels(body, headers, LabelLimits())
     assert (user, session, tags) == ("u", "s", ["z", "x", "y"])
     assert meta == {"session_id": "s", "tags": "x, y", "tier": "pro", "team": "red"}
 

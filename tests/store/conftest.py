@@ -75,14 +75,18 @@ def pg_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def pg_url(pg_server: str) -> str:
+    """A URL of a fresh, empty database on the PostgreSQL server."""
+    name = "t" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server + "/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{pg_server}/{name}"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> str:
     """A URL of an empty store on each back end."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/ownlm.db"
-    base = request.getfixturevalue("pg_server")
-    name = "t" + uuid.uuid4().hex[:12]
-
-    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"{base}/{name}"
+    return str(request.getfixturevalue("pg_url"))
