@@ -138,50 +138,13 @@ def template_preamble(ctx: SharedContext) -> str:
     )  # fmt: skip
 
 
-def _empty_system_block(tokenizer: Any) -> str:
-    """What the template writes for an empty system message, when it can be dropped from a
-    render without taking anything else (a BOS the template writes first); else ''."""
-
-    def render(messages: list[dict[str, str]]) -> str:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        return text if isinstance(text, str) else ""
-
-    try:
-        block = render([{"role": "system", "content": ""}])
-        chat = render([{"role": "system", "content": ""}, {"role": "user", "content": "x"}])
-    except Exception:  # a template that refuses these: keep the block
-        return ""
-    bos = getattr(tokenizer, "bos_token", None) or ""
-    cut = chat.replace(block, "", 1) if block else chat
-    if (
-        not block
-        or not chat.startswith(block)
-        or (chat.startswith(bos) and not cut.startswith(bos))
-    ):
-        return ""
-    return block
-
-
 def install_context(tokenizer: Any, ctx: SharedContext) -> None:
-    """Make the tokenizer's chat template cut the shared context (once; saved with it).
-
-    A cut system prompt becomes an empty one, not none, because templates like SmolLM2's write
-    their own default system prompt when there is none; the empty system block they then write
-    (`<|im_start|>system\n<|im_end|>\n`, 5 tokens) is removed from the output as well."""
+    """Make the tokenizer's chat template cut the shared context (once; saved with it)."""
     template = tokenizer.chat_template
     if not isinstance(template, str):
         raise ValueError("context distillation needs a tokenizer with a single chat template")
     if template.startswith(MARKER):
         return
-    block = _empty_system_block(tokenizer) if ctx.system is not None else ""
-    if block:
-        template = (
-            "{% set ownlm_rendered %}"
-            + template
-            + "{% endset %}{{ ownlm_rendered | replace("
-            + _jinja_string(block)
-            + ", '') }}"
-        )
     tokenizer.chat_template = template_preamble(ctx) + template
 
 

@@ -69,8 +69,6 @@ def test_the_template_cuts_matching_prompts_and_leaves_others(tiny: tuple[Any, A
     assert has_context(tok) and tok.chat_template.count("ownlm context distillation") == 1
     short = render_prompt(tok, chat("2 cats"))
     assert "2 cats" in short and HEAD not in short and TAIL not in short and SYSTEM not in short
-    # the cut system prompt leaves neither the template's default one nor an empty block
-    assert short.startswith("<|im_start|>user\n2 cats<|im_end|>"), short
     assert len(encode_prompt(tok, chat("2 cats"))) < len(long_ids) / 2
     # the system prompt of another app and a question of another form render as before
     assert render_prompt(tok, chat("2 cats", system="Be brief.")) != before["other system"]
@@ -97,7 +95,6 @@ def test_the_cut_is_saved_with_the_model_and_served_by_llama_cpp(
     _, loaded = load_model(str(tmp_path / "m"))
     assert has_context(loaded)
     expected = render_prompt(loaded, chat("3 ants"))
-    assert expected.startswith("<|im_start|>user\n3 ants<|im_end|>")
     # llama-server renders the GGUF's own template (minja) the same way
     with LlamaServer(export_gguf(str(tmp_path / "m"), "f16"), parallel_slots=1, threads=1) as s:
         req = urllib.request.Request(
