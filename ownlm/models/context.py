@@ -109,7 +109,12 @@ def _jinja_string(text: str) -> str:
 
 
 def template_preamble(ctx: SharedContext) -> str:
-    """Jinja that rebuilds `messages` without the shared context, for the model's template."""
+    """Jinja that rebuilds `messages` without the shared context, for the model's template.
+
+    A cut system prompt becomes an empty one, not none: templates like SmolLM2's write their own
+    default system prompt when there is none. The empty system block it renders to stays (5
+    tokens): dropping it as well cost 4 points of held-out accuracy on the demo app (0.966 ->
+    0.926, same data and seed; SmolLM2 always saw a system turn first)."""
     p, s = _jinja_string(ctx.user_prefix), _jinja_string(ctx.user_suffix)
     system = _jinja_string(ctx.system) if ctx.system is not None else "none"
     return (
