@@ -10,7 +10,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,6 +22,8 @@ class Config(BaseModel):
     """Base of all ownlm config classes: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # old key -> what replaced it, named in the error when a config still uses the old key
+    renamed_keys: ClassVar[dict[str, str]] = {}
 
 
 C = TypeVar("C", bound=Config)
@@ -82,10 +84,12 @@ def _container_depth(annotation: Any) -> int:
     return 0
 
 
-def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str], list[str]]:
+def _closest_key(
+    cls: type[BaseModel], loc: tuple[Any, ...]
+) -> tuple[str, list[str], list[str], type[BaseModel] | None]:
     """Walk the model along loc and return (bad key, known keys at that level, the path as the
-    user wrote it). In a tagged union, pydantic puts the tag (the `kind`) in loc after the list
-    index or dict key; the path leaves it out."""
+    user wrote it, the model at that level). In a tagged union, pydantic puts the tag (the
+    `kind`) in loc after the list index or dict key; the path leaves it out."""
     model: type[BaseModel] = cls
     parts = list(loc[:-1])
     path: list[str] = []
@@ -95,7 +99,7 @@ def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[
         field = model.model_fields.get(part) if isinstance(part, str) else None
         inner = models_in(field.annotation) if field is not None else []
         if field is None or not inner:
-            return str(loc[-1]), [], path + [str(p) for p in parts]
+            return str(loc[-1]), [], path + [str(p) for p in parts], None
         for _ in range(_container_depth(field.annotation)):
             if parts:
                 path.append(str(parts.pop(0)))
@@ -104,7 +108,7 @@ def _closest_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[
         if tagged:
             model = tagged[0]
             parts.pop(0)
-    return str(loc[-1]), list(model.model_fields), path
+    return str(loc[-1]), list(model.model_fields), path, model
 
 
 def validate_config(cls: type[C], data: dict[str, Any], source: str) -> C:
@@ -117,10 +121,15 @@ def validate_config(cls: type[C], data: dict[str, Any], source: str) -> C:
             loc = tuple(e["loc"])
             dotted = ".".join(str(p) for p in loc)
             if e["type"] == "extra_forbidden":
-                bad, known, path = _closest_key(cls, loc)
+                bad, known, path, model = _closest_key(cls, loc)
                 near = difflib.get_close_matches(bad, known, n=1)
+                renamed = getattr(model, "renamed_keys", {}).get(bad)
                 hint = (
-                    f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(known)}"
+                    f"; {renamed}"
+                    if renamed
+                    else f"; did you mean '{near[0]}'?"
+                    if near
+                    else f"; known keys: {', '.join(known)}"
                 )
                 where = f" in {'.'.join(path)}" if path else ""
                 lines.append(f"{source}: unknown key '{bad}'{where}{hint}")

@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -77,6 +77,11 @@ def default_general_suites() -> list[Suite]:
 
 class RoutingRule(Config):
     """Rule 4: the routed system must keep the app's quality (see the module docstring)."""
+
+    renamed_keys: ClassVar[dict[str, str]] = {
+        "calibration_fraction": "the threshold is now chosen on all domain problems and checked "
+        "by cross-fitting: set folds (default 5) instead"
+    }
 
     max_quality_loss: float = Field(
         0.02, ge=0.0, le=1.0, description="routed domain accuracy >= today's - this (0.02: 2 pt)"

@@ -153,3 +153,19 @@ def test_refuses_a_candidate_whose_routed_quality_is_3_points_under_today(
     assert lines[0].startswith("FAIL: routed domain 0.9"), lines
     # the served threshold, chosen on all 200, sees the errors and keeps them on the paid API
     assert m["routing_threshold"] > 0.95
+
+
+def test_the_old_calibration_key_is_refused_naming_what_replaced_it() -> None:
+    from ownlm.config import validate_config
+    from ownlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'calibration_fraction' in routing; .*folds"):
+        validate_config(
+            GateConfig,
+            {
+                "candidate": "m",
+                "domain": {"name": "app", "env": {"kind": "reasoning_gym"}},
+                "routing": {"calibration_fraction": 0.5},
+            },
+            "gate config",
+        )
