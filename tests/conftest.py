@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import gc
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ownlm.models.tiny import tiny_model
-
-
-@pytest.fixture(autouse=True)
-def _collect_test_clients() -> Iterator[None]:
-    """Collect each test's garbage when it ends. Test code that leaves an HTTP client to the
-    garbage collector (an openai client, a urllib response) would otherwise warn about its
-    unclosed socket inside whichever later test triggers the collection, and fail that one
-    (warnings are errors here)."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 @pytest.fixture(scope="session")

