@@ -28,6 +28,7 @@ from ownlm.gateway.asgi import (
     send_json,
 )
 from ownlm.gateway.auth import ADMIN_ID, KeyRing, authorization
+from ownlm.gateway.background import TaskHealth, run_forever
 from ownlm.gateway.cache import ReplyCache, cache_key
 from ownlm.gateway.config import GatewayConfig, UpstreamConfig
 from ownlm.gateway.local import ReplayStream, completion_sse
@@ -97,6 +98,7 @@ class Gateway:
         self.store: TraceStore | None = None
         self.writer: TraceWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.task_health: dict[str, TaskHealth] = {}
         self.routes = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("POST", "/v1/embeddings"): self.embeddings,
@@ -273,8 +275,13 @@ class Gateway:
         engines = {
             name: up.health() for name, up in self.upstreams.items() if hasattr(up, "health")
         }
-        status = "ok" if all(e["alive"] for e in engines.values()) else "degraded"
-        body: dict[str, Any] = {"status": status, "traces": stats}
+        tasks = {name: h.report() for name, h in self.task_health.items()}
+        ok = all(e["alive"] for e in engines.values()) and not any(
+            t["last_error"] for t in tasks.values()
+        )
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "traces": stats}
+        if tasks:
+            body["tasks"] = tasks
         if engines:
             body["engines"] = engines
         await send_json(send, 200, body)
@@ -465,8 +472,13 @@ class Gateway:
         for up in self.upstreams.values():
             await up.start()
         await deployments.apply_deployments(self, await asyncio.to_thread(self._live))
-        self._tasks.append(asyncio.create_task(deployments.follow_deployments(self)))
-        self._tasks.append(asyncio.create_task(self._refresh_arm_stats()))
+        for name, step, interval_s in (
+            ("deployments", lambda: deployments.follow_deployments_once(self),
+             self.cfg.deploy_refresh_s),
+            ("arm_stats", self._refresh_arm_stats_once, self.cfg.arm_stats_interval_s),
+        ):  # fmt: skip
+            health = self.task_health[name] = TaskHealth()
+            self._tasks.append(asyncio.create_task(run_forever(name, step, interval_s, health)))
 
     def _live(self) -> dict[str, Any]:
         assert self.store is not None
@@ -488,24 +500,16 @@ class Gateway:
             if row.key_id is not None and row.cost_usd:
                 self.keys.add_spend(row.key_id, row.cost_usd)
 
-    async def _refresh_arm_stats(self) -> None:
+    async def _refresh_arm_stats_once(self) -> None:
+        """Read the experiments' feedback stats, update the router, act on decided canaries."""
         assert self.store is not None
         store = self.store
-        while True:
-            await asyncio.sleep(self.cfg.arm_stats_interval_s)
-            router = self.router  # a deployment may swap it while stats are read
-            if not router.experiments:
-                continue
-            try:
-                stats = []
-                for name in router.experiments:
-                    stats.extend(await asyncio.to_thread(store.arm_stats, name))
-            except StoreError as err:
-                log.warning("arm stats not refreshed: %s", err)
-                continue
-            router.update_arm_stats(stats)
-            if self.live_deployments:
-                try:
-                    await asyncio.to_thread(deployments.act_on_canaries, self)
-                except StoreError as err:
-                    log.warning("canary decisions not written: %s", err)
+        router = self.router  # a deployment may swap it while stats are read
+        if not router.experiments:
+            return
+        stats = []
+        for name in router.experiments:
+            stats.extend(await asyncio.to_thread(store.arm_stats, name))
+        router.update_arm_stats(stats)
+        if self.live_deployments:
+            await asyncio.to_thread(deployments.act_on_canaries, self)

@@ -29,18 +29,12 @@ OWN = "own:"  # upstreams of deployed own models are named own:<variant>
 STALE_CLOSE_S = 30.0  # an engine no deployment serves is closed this long after the swap
 
 
-async def follow_deployments(gw: Gateway) -> None:
-    """Poll the deployment log forever; apply what changed."""
+async def follow_deployments_once(gw: Gateway) -> None:
+    """Apply the deployment log if it changed (run forever by `background.run_forever`)."""
     assert gw.store is not None
-    reg = Registry(gw.store)
-    while True:
-        try:
-            live = await asyncio.to_thread(reg.live)
-            if {a: d.seq for a, d in live.items()} != gw.deployed:
-                await apply_deployments(gw, live)
-        except (OwnlmError, OSError) as err:
-            log.warning("deployments not applied: %s", err)
-        await asyncio.sleep(gw.cfg.deploy_refresh_s)
+    live = await asyncio.to_thread(Registry(gw.store).live)
+    if {a: d.seq for a, d in live.items()} != gw.deployed:
+        await apply_deployments(gw, live)
 
 
 async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:

@@ -139,3 +139,51 @@ def test_losing_canary_is_rolled_back_automatically(
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+def test_follower_survives_any_error_and_applies_a_later_promote(
+    config_for: Any, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a store error that is no OwnlmError (here a locked SQLite file, as sqlite3 raises it) used
+    # to end the follower silently: no later promote or rollback was ever applied
+    import sqlite3
+
+    import httpx
+    from openai import OpenAI
+
+    store_url = f"sqlite:///{tmp_path}/gw.db"
+    setup_store(store_url, tiny_model_dir)
+    cfg = config_for(
+        store_url, deploy_refresh_s=0.05, router={"routes": {ALIAS: {"default": "chat"}}}
+    )
+    real_live = Registry.live
+    failures = {"left": 0}
+
+    def flaky_live(self: Registry) -> Any:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return real_live(self)
+
+    monkeypatch.setattr(Registry, "live", flaky_live)
+    server, thread = start(cfg)
+    client = OpenAI(base_url=f"http://127.0.0.1:{cfg.port}/v1", api_key=USER_KEY)
+    health = f"http://127.0.0.1:{cfg.port}/health"
+    try:
+        failures["left"] = 10**9  # fails on and on: /health says so
+        wait_for(lambda: httpx.get(health).json()["status"] == "degraded")
+        task = httpx.get(health).json()["tasks"]["deployments"]
+        assert task["errors"] >= 1 and "database is locked" in task["last_error"]
+        promote(
+            PromoteConfig(
+                store_url=store_url, model="own@1", alias=ALIAS, incumbent="chat", canary_weight=0.5
+            )
+        )
+        failures["left"] = 0  # the store is back: the follower applies the promote made meanwhile
+        wait_for(lambda: variants_served(client, 12) == {"mock-chat", "own-v1"}, timeout=60)
+        body = httpx.get(health).json()
+        assert body["status"] == "ok" and body["tasks"]["deployments"]["last_error"] is None
+    finally:
+        client.close()
+        server.should_exit = True
+        thread.join(20)

@@ -1,0 +1,57 @@
+"""Background work that never dies: the deployment follower and the arm-stats refresh.
+
+Each task runs its step, sleeps its interval, and runs it again, forever. A step that raises
+anything (a locked SQLite file, a dropped PostgreSQL connection, a bug) is logged, with its
+traceback the first time a new error appears, and the task backs off (doubling up to
+`MAX_BACKOFF_S`) and tries again; it never ends until the gateway stops. `/health` shows each
+task's last success and its last error while it lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class TaskHealth:
+    """What `/health` says of one background task."""
+
+    last_ok: float | None = None  # unix time of the last step that ran to its end
+    last_error: str | None = None  # the last step's error; None once a step succeeds again
+    errors: int = 0
+
+    def report(self) -> dict[str, Any]:
+        ago = None if self.last_ok is None else round(time.time() - self.last_ok, 1)
+        return {"last_ok_s_ago": ago, "errors": self.errors, "last_error": self.last_error}
+
+
+async def run_forever(
+    name: str, step: Callable[[], Awaitable[None]], interval_s: float, health: TaskHealth
+) -> None:
+    """Run `step` every `interval_s` seconds until cancelled, whatever it raises."""
+    delay = interval_s
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the point: no error ends the task
+            message = f"{type(err).__name__}: {err}"
+            health.errors += 1
+            if message != health.last_error:
+                log.exception("%s failed; retrying in %.1f s", name, delay)
+            health.last_error = message
+            await asyncio.sleep(delay)
+            delay = min(MAX_BACKOFF_S, max(delay, 0.5) * 2)
+            continue
+        health.last_ok, health.last_error, delay = time.time(), None, interval_s
+        await asyncio.sleep(interval_s)
