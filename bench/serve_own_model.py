@@ -9,6 +9,8 @@ reasoning-gym `leg_counting` questions), greedy, at most 64 new tokens, streamed
     gateway+torch      `ownlm serve` with `kind: local` (ownlm's in-process fp32 sampler, the
                        engine before llama.cpp)
 
+    llama.cpp ub512    llama.cpp direct at llama.cpp's default micro-batch (ownlm starts it at 64)
+
 For 1, 4 and 16 concurrent clients: latency p50/p99, time to first token p50, and tokens/s in
 total (completion tokens / wall time). Clients are asyncio tasks in this process sending
 streamed requests with aiohttp; everything listens on 127.0.0.1 and the loops are bounded.
@@ -32,7 +34,7 @@ import uvicorn
 from ownlm.demo.app import app_env
 from ownlm.gateway.config import GatewayConfig
 from ownlm.gateway.server import build_app, serve_gateway_in_thread
-from ownlm.models.llama_cpp import free_port
+from ownlm.models.llama_cpp import LlamaServer, free_port
 
 # llama-server closes a connection after each stream; say so (see ownlm/gateway/engine.py)
 JSON = {"Content-Type": "application/json", "Connection": "close"}
@@ -123,6 +125,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument(
+        "--compare-ubatch", type=int, default=512,
+        help="also time llama.cpp direct at this micro-batch (llama.cpp's own default: 512)",
+    )  # fmt: skip
     args = ap.parse_args()
     import tempfile
 
@@ -143,13 +149,26 @@ def main() -> None:
         "threads": args.threads,
     }
     server, gw, url = start_gateway(engine, tmp)
-    direct = gw.upstreams["own"].server.base_url + "/v1/chat/completions"
+    own = gw.upstreams["own"].server
+    direct = own.base_url + "/v1/chat/completions"
     for c in levels:
         n = max(16, 2 * c)
         rows[("gateway+llama.cpp", c)] = asyncio.run(load(url, prompts, c, n, args.max_tokens))
         rows[("llama.cpp direct", c)] = asyncio.run(load(direct, prompts, c, n, args.max_tokens))
         print(f"  {c} clients: llama.cpp paths measured", flush=True)
     server.should_exit = True
+    time.sleep(1.0)
+    other = f"llama.cpp ub{args.compare_ubatch}"
+    with LlamaServer(
+        own.gguf, parallel_slots=args.slots, threads=args.threads,
+        ubatch_tokens=args.compare_ubatch,
+    ) as plain:  # fmt: skip
+        for c in levels:
+            n = max(16, 2 * c)
+            rows[(other, c)] = asyncio.run(
+                load(plain.base_url + "/v1/chat/completions", prompts, c, n, args.max_tokens)
+            )
+        print(f"  llama.cpp at micro-batch {args.compare_ubatch} measured", flush=True)
     time.sleep(1.0)
     if not args.skip_torch:
         server, gw, url = start_gateway({"kind": "local", "model_path": args.model}, tmp)
@@ -174,6 +193,11 @@ def main() -> None:
     g, d = rows[("gateway+llama.cpp", one)], rows[("llama.cpp direct", one)]
     print(
         f"\ngateway+llama.cpp p50 at {one} client: {g['p50_s'] / d['p50_s']:.2f}x llama.cpp direct"
+    )
+    ub = rows[("llama.cpp direct", top)]["p50_s"] / rows[(other, top)]["p50_s"]
+    print(
+        f"p50 at {top} clients, micro-batch {own.ubatch_tokens} (ownlm's) vs "
+        f"{args.compare_ubatch}: {ub:.2f}x"
     )
     if ("gateway+torch", top) in rows:
         ratio = (

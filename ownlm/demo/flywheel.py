@@ -255,6 +255,7 @@ def _story(
         **{k: gate["metrics"][k] for k in _GATE_KEYS if k in gate["metrics"]},
     }
     promoted_at = time.time()
+    decided_at: float | None = None
 
     # 3. the A/B test decides
     reg = Registry(TraceStore(store_url))
@@ -268,6 +269,7 @@ def _story(
         figures["canary_status"] = version.status
         if cfg.after_requests:
             _say(f"  then {cfg.after_requests} more requests on the routing the test left")
+            decided_at = time.time()
             figures["after"] = _traffic(
                 cfg, client, envs["after"], cfg.after_requests, "after", seed=3
             )
@@ -294,6 +296,18 @@ def _story(
         )
     )
     figures["report"] = _report_figures(report)
+    if decided_at is not None:  # the routing the app lives with once the test has decided
+        settled = build_report(
+            ReportConfig(
+                store_url=store_url,
+                gateway_config=str(work / "ownlm.yaml"),
+                reference_variant="strong",
+                value_per_success_usd=cfg.value_per_success_usd,
+                value_per_failure_usd=cfg.value_per_failure_usd,
+                since=datetime.fromtimestamp(decided_at, UTC),
+            )
+        )
+        figures["report"]["decided"] = _report_figures(settled)["total"]
     figures["dashboard"] = str(work / "dashboard.html")
     return figures
 
@@ -429,7 +443,7 @@ def _print_figures(f: dict[str, Any]) -> None:
         weights = ", ".join(f"{a} {w:.2f}" for a, w in f["routing"].items())
         lines.append(f"  canary after the A/B: {f['canary_status']}; traffic weights now {weights}")
     r = f["report"]
-    for label in ("before", "after", "total"):
+    for label in ("before", "after", "decided", "total"):
         if label in r:
             x = r[label]
             lines.append(
@@ -445,8 +459,8 @@ def _print_figures(f: dict[str, Any]) -> None:
     if "before" in r and "after" in r:
         b, a = r["before"], r["after"]
 
-        def ratio(key: str) -> str:
-            return f"{a[key] / b[key]:.2f}x" if a.get(key) and b.get(key) else "n/a"
+        def ratio(key: str, x: dict[str, Any] = a) -> str:
+            return f"{x[key] / b[key]:.2f}x" if x.get(key) and b.get(key) else "n/a"
 
         cps = (
             f"{a['cost_per_success_usd'] / b['cost_per_success_usd']:.0%}"
@@ -458,6 +472,13 @@ def _print_figures(f: dict[str, Any]) -> None:
             f"tokens {ratio('value_per_usd')}, cost per success {cps} of before, success "
             f"{_num(a['success_rate'], '', 3)} vs {_num(b['success_rate'], '', 3)}"
         )
+        if "decided" in r:
+            d = r["decided"]
+            lines.append(
+                f"  once the test decided (the last {d['requests']} requests) vs before: TFP "
+                f"(value per token) {ratio('tfp_usd_per_mtok', d)}, value per $ of tokens "
+                f"{ratio('value_per_usd', d)}; `after` also holds the A/B test's paid arm"
+            )
     lines.append(f"  dashboard: {f['dashboard']}")
     _say("\n".join(lines))
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ownlm.config import Config
-from ownlm.models.llama_cpp import Quantization
+from ownlm.models.llama_cpp import UBATCH_TOKENS, Quantization
 from ownlm.router.policy import RouterConfig
 
 
@@ -43,6 +43,9 @@ class UpstreamConfig(Config):
     )
     context_tokens_per_slot: int = Field(2048, ge=64, description="kind llama_cpp")
     threads: int | None = Field(None, ge=1, description="kind llama_cpp: default all cores")
+    ubatch_tokens: int = Field(
+        UBATCH_TOKENS, ge=1, description="kind llama_cpp: micro-batch; 64 decoded fastest here"
+    )
     start_timeout_s: float = Field(120.0, gt=0, description="kind llama_cpp: until healthy")
 
     @model_validator(mode="after")

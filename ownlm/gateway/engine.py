@@ -87,6 +87,7 @@ class LlamaCppUpstream:
             parallel_slots=self.cfg.parallel_slots,
             context_tokens_per_slot=self.cfg.context_tokens_per_slot,
             threads=self.cfg.threads,
+            ubatch_tokens=self.cfg.ubatch_tokens,
             log_path=log_path,
         )
         await asyncio.to_thread(self.server.start, self.cfg.start_timeout_s)

@@ -183,6 +183,9 @@ def _run(cmd: list[str], what: str) -> None:
 _LOG_ERROR = re.compile(r"^[\d.]+ E (?:\w{3,4}\s+)?(.*)$")
 
 
+UBATCH_TOKENS = 64
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -199,9 +202,11 @@ class LlamaServer:
         parallel_slots: int = 4,
         context_tokens_per_slot: int = 2048,
         threads: int | None = None,
+        ubatch_tokens: int = UBATCH_TOKENS,
         log_path: Path | None = None,
     ) -> None:
         self.gguf = Path(gguf)
+        self.ubatch_tokens = ubatch_tokens
         self.parallel_slots = parallel_slots
         self.context_tokens_per_slot = context_tokens_per_slot
         self.threads = threads or os.cpu_count() or 1
@@ -224,6 +229,10 @@ class LlamaServer:
             "--ctx-size", str(self.context_tokens_per_slot * self.parallel_slots),
             "--threads", str(self.threads),
             "--threads-batch", str(self.threads),
+            # Decoding a few parallel slots on CPU runs 7-12% faster with 64-token micro-batches
+            # than llama.cpp's 512 (the demo model, 4 clients, 2 threads: p50 0.96 s vs 1.09 s,
+            # 4 alternating runs each, 2026-12-03); the prompts are short: prefill loses nothing.
+            "--ubatch-size", str(self.ubatch_tokens),
             "--no-webui",
             "--jinja",
         ]  # fmt: skip

@@ -93,6 +93,7 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(
     assert report["before"]["own_request_share"] == 0.0
     assert report["after"]["own_request_share"] > 0.0
     assert report["before"]["tfp_usd_per_mtok"] > 0.0
+    assert report["decided"]["requests"] == 4  # the routing the test left: the after phase alone
     html = Path(figures["dashboard"]).read_text()
     assert "<svg" in html
     saved = json.loads((tmp_path / "demo" / "figures.json").read_text())

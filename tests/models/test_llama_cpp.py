@@ -25,11 +25,15 @@ QUESTIONS = [
 ]
 
 
-def greedy_both(model_dir: str, model: object, tok: object, new_tokens: int) -> tuple[list, list]:
-    prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+def greedy_both(
+    model_dir: str, model: object, tok: object, new_tokens: int, questions: list[str] = QUESTIONS,
+    **server_args: int,
+) -> tuple[list, list]:  # fmt: skip
+    prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in questions]
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
     ref = sample_completions(model, tok, prompts, 1, params).texts
-    with LlamaServer(export_gguf(model_dir, "f16"), parallel_slots=4, threads=2) as server:
+    gguf = export_gguf(model_dir, "f16")
+    with LlamaServer(gguf, parallel_slots=4, threads=2, **server_args) as server:
         got = complete_on_server(server.base_url, prompts, params, parallel=4)
     return ref, [o.text for o in got]
 
@@ -39,6 +43,18 @@ def test_f16_export_of_a_tiny_model_decodes_like_the_checkpoint(
 ) -> None:
     model, tok = tiny
     ref, got = greedy_both(str(tiny_model_dir), model, tok, 8)
+    assert got == ref
+
+
+def test_prompts_longer_than_the_micro_batch_decode_like_the_checkpoint(
+    tiny: tuple, tiny_model_dir: Path
+) -> None:
+    # ownlm starts llama-server with small micro-batches (UBATCH_TOKENS): a long prompt is
+    # prefilled in several of them, which must not change a token
+    model, tok = tiny
+    long = [" ".join(QUESTIONS[i:] + QUESTIONS[:i]) for i in range(4)]
+    assert all(len(tok(q).input_ids) > 3 * 16 for q in long)
+    ref, got = greedy_both(str(tiny_model_dir), model, tok, 8, long, ubatch_tokens=16)
     assert got == ref
 
 
