@@ -44,7 +44,7 @@ class UpstreamConfig(Config):
     context_tokens_per_slot: int = Field(2048, ge=64, description="kind llama_cpp")
     threads: int | None = Field(None, ge=1, description="kind llama_cpp: default all cores")
     ubatch_tokens: int = Field(
-        UBATCH_TOKENS, ge=1, description="kind llama_cpp: micro-batch; 64 decoded fastest here"
+        UBATCH_TOKENS, ge=1, description="kind llama_cpp: micro-batch (llama.cpp's default: 512)"
     )
     start_timeout_s: float = Field(120.0, gt=0, description="kind llama_cpp: until healthy")
 

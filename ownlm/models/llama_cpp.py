@@ -229,9 +229,9 @@ class LlamaServer:
             "--ctx-size", str(self.context_tokens_per_slot * self.parallel_slots),
             "--threads", str(self.threads),
             "--threads-batch", str(self.threads),
-            # Decoding a few parallel slots on CPU runs 7-12% faster with 64-token micro-batches
-            # than llama.cpp's 512 (the demo model, 4 clients, 2 threads: p50 0.96 s vs 1.09 s,
-            # 4 alternating runs each, 2026-12-03); the prompts are short: prefill loses nothing.
+            # 64-token micro-batches instead of llama.cpp's 512: decoding 4 slots on 2 cores was
+            # faster in 5 of 6 alternating pairs (-6% to +17%, the demo model, 2026-12-03; the
+            # machine's own speed drifted 20% within that hour); short prompts lose nothing.
             "--ubatch-size", str(self.ubatch_tokens),
             "--no-webui",
             "--jinja",
