@@ -282,13 +282,16 @@ def _story(
     # 4. the report
     _say("\n[4/4] ownlm report: TFP, cost, savings; dashboard")
     time.sleep(0.3)  # the trace writer flushes every 50 ms
+    money = {
+        "store_url": store_url,
+        "gateway_config": str(work / "ownlm.yaml"),
+        "reference_variant": "strong",
+        "value_per_success_usd": cfg.value_per_success_usd,
+        "value_per_failure_usd": cfg.value_per_failure_usd,
+    }
     report = build_report(
         ReportConfig(
-            store_url=store_url,
-            gateway_config=str(work / "ownlm.yaml"),
-            reference_variant="strong",
-            value_per_success_usd=cfg.value_per_success_usd,
-            value_per_failure_usd=cfg.value_per_failure_usd,
+            **money,
             split_at=datetime.fromtimestamp(promoted_at, UTC),
             title=f"ownlm demo: an app on {cfg.task} owns its model",
             out=str(work / "dashboard.html"),
@@ -297,16 +300,8 @@ def _story(
     )
     figures["report"] = _report_figures(report)
     if decided_at is not None:  # the routing the app lives with once the test has decided
-        settled = build_report(
-            ReportConfig(
-                store_url=store_url,
-                gateway_config=str(work / "ownlm.yaml"),
-                reference_variant="strong",
-                value_per_success_usd=cfg.value_per_success_usd,
-                value_per_failure_usd=cfg.value_per_failure_usd,
-                since=datetime.fromtimestamp(decided_at, UTC),
-            )
-        )
+        since = datetime.fromtimestamp(decided_at, UTC)
+        settled = build_report(ReportConfig(**money, since=since))
         figures["report"]["decided"] = _report_figures(settled)["total"]
     figures["dashboard"] = str(work / "dashboard.html")
     return figures
