@@ -471,7 +471,7 @@ class Gateway:
         await asyncio.to_thread(admin.record_experiments, self)
         for up in self.upstreams.values():
             await up.start()
-        await deployments.apply_deployments(self, await asyncio.to_thread(self._live))
+        await deployments.apply_deployments(self, await asyncio.to_thread(self.stored_deployments))
         for name, step, interval_s in (
             ("deployments", lambda: deployments.follow_deployments_once(self),
              self.cfg.deploy_refresh_s),
@@ -480,7 +480,8 @@ class Gateway:
             health = self.task_health[name] = TaskHealth()
             self._tasks.append(asyncio.create_task(run_forever(name, step, interval_s, health)))
 
-    def _live(self) -> dict[str, Any]:
+    def stored_deployments(self) -> dict[str, Any]:
+        """The live deployment of each alias, as the store has it now."""
         assert self.store is not None
         return Registry(self.store).live()
 

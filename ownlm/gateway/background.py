@@ -42,9 +42,8 @@ async def run_forever(
     while True:
         try:
             await step()
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:  # noqa: BLE001 - the point: no error ends the task
+        except Exception as err:  # noqa: BLE001 - the point: no error ends the task (a
+            # cancel, when the gateway stops, is no Exception and still ends it)
             message = f"{type(err).__name__}: {err}"
             health.errors += 1
             if message != health.last_error:

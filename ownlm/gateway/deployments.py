@@ -31,8 +31,7 @@ STALE_CLOSE_S = 30.0  # an engine no deployment serves is closed this long after
 
 async def follow_deployments_once(gw: Gateway) -> None:
     """Apply the deployment log if it changed (run forever by `background.run_forever`)."""
-    assert gw.store is not None
-    live = await asyncio.to_thread(Registry(gw.store).live)
+    live = await asyncio.to_thread(gw.stored_deployments)
     if {a: d.seq for a, d in live.items()} != gw.deployed:
         await apply_deployments(gw, live)
 
