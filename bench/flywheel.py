@@ -1,8 +1,11 @@
 """The whole flywheel on a chosen reasoning-gym task, and the app's outcome, one row per task.
 
     .venv/bin/python bench/flywheel.py --task leg_counting
-    .venv/bin/python bench/flywheel.py --task basic_arithmetic --task spell_backward \\
-        --task propositional_logic --set baseline_requests=200
+    .venv/bin/python bench/flywheel.py --task 'chain_sum:{min_terms: 2, max_terms: 2}' \\
+        --task word_sequence_reversal --task aiw --set baseline_requests=400
+
+`--task NAME:{...}` gives that task's generator settings (`task_kwargs`, YAML); without them the
+generator's own defaults are used. Every other setting is the same for every task.
 
 Each task runs `ownlm demo` (examples/flywheel_demo.yaml, no per-task tuning beyond config) in
 runs/flywheel-<task>/: the app's traffic on the paid-API stand-in (the scripted solver for
@@ -18,16 +21,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ownlm.config import load_config
 from ownlm.demo.flywheel import DemoConfig, run_demo
 from ownlm.errors import OwnlmError
 
 
-def run_task(config: str, task: str, overrides: list[str]) -> dict[str, Any]:
+def parse_task(spec: str) -> tuple[str, dict[str, Any] | None]:
+    """`NAME` or `NAME:{yaml mapping}` -> (name, task_kwargs or None)."""
+    name, sep, kwargs = spec.partition(":")
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise SystemExit(f"error: --task {spec!r}: expected NAME or NAME:{{key: value, ...}}")
+    if not sep:
+        return name, None
+    try:
+        parsed = yaml.safe_load(kwargs)
+    except yaml.YAMLError as err:
+        raise SystemExit(f"error: --task {spec!r}: the settings are not YAML: {err}") from None
+    if not isinstance(parsed, dict):
+        raise SystemExit(f"error: --task {spec!r}: the settings must be a mapping, e.g. {{k: 1}}")
+    return name, parsed
+
+
+def run_task(config: str, spec: str, overrides: list[str]) -> dict[str, Any]:
+    task, kwargs = parse_task(spec)
     sets = [f"task={task}", f"work_dir=runs/flywheel-{task}", "alias=app", *overrides]
+    if kwargs is not None:
+        sets.append(f"task_kwargs={json.dumps(kwargs)}")
     return run_demo(load_config(DemoConfig, config, sets))
 
 
@@ -57,14 +82,17 @@ def fmt(x: Any, spec: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", action="append", required=True, help="reasoning-gym task name")
+    ap.add_argument(
+        "--task", action="append", required=True,
+        help="reasoning-gym task name, optionally NAME:{generator settings as YAML}",
+    )  # fmt: skip
     ap.add_argument("--config", default="examples/flywheel_demo.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     args = ap.parse_args()
     rows = []
     for task in args.task:
         try:
-            rows.append(row(task, run_task(args.config, task, args.overrides)))
+            rows.append(row(task.partition(":")[0], run_task(args.config, task, args.overrides)))
         except OwnlmError as err:
             raise SystemExit(f"error: task {task}: {err}") from None
     print("\nflywheel, one cycle per task (measured in this run)")

@@ -195,7 +195,10 @@ def routes(gw: Gateway) -> dict[tuple[str, str], Handler]:
 
     async def list_keys(scope: Scope, receive: Receive, send: Send) -> None:
         require_admin(scope)
-        data = [{**_public(s.key), "spent_usd": s.spent_usd} for s in gw.keys.keys()]
+        data = [
+            {**_public(s.key), "spent_usd": s.spent_usd, "reserved_usd": s.reserved_usd}
+            for s in gw.keys.keys()
+        ]
         await send_json(send, 200, {"object": "list", "data": data})
 
     async def disable_key(scope: Scope, receive: Receive, send: Send) -> None:

@@ -210,6 +210,9 @@ class Gateway:
         decision = Decision(routed.variant, "embeddings: " + routed.reason)
         trace = PendingTrace(t0, "embeddings", alias, body, decision, key_id, user, session)
         trace.tags, trace.metadata = tags, metadata
+        trace.reserved_usd = self.keys.reserve(
+            key_id, self.worst_case_usd(decision.variant, len(text.encode()) + 8, 0)
+        )
         tid = [(b"x-ownlm-trace-id", trace.trace_id.encode())]
         entry = self.cfg.models[decision.variant]
         self.set_target(trace, decision.variant)
@@ -350,7 +353,37 @@ class Gateway:
         decision = await self.decide(req)
         trace = PendingTrace(t0, endpoint, alias, body, decision, key_id, user, session)
         trace.tags, trace.metadata = tags, metadata
+        prompt_bound = len(text.encode()) + 32 * len(messages)
+        if body.get("tools"):
+            prompt_bound += len(orjson.dumps(body["tools"]))
+        out = body.get("max_tokens") or body.get("max_completion_tokens")
+        out = out or body.get("max_output_tokens") or self.cfg.budget_default_output_tokens
+        n = body.get("n") or 1
+        trace.reserved_usd = self.keys.reserve(
+            key_id, self.worst_case_usd(decision.variant, prompt_bound, out * n)
+        )
         return trace
+
+    def worst_case_usd(self, variant: str, prompt_tokens: int, output_tokens: int) -> float:
+        """The most a request may be billed: its token bounds priced at the dearest model it can
+        reach (the variant, its fallbacks, its escalation and theirs). A token is at least one
+        byte, so a prompt's UTF-8 bytes (plus 32 a message for the chat template) bound it."""
+        reach, todo = set(), [variant]
+        while todo:
+            name = todo.pop()
+            if name in reach or name not in self.cfg.models:
+                continue
+            reach.add(name)
+            m = self.cfg.models[name]
+            todo.extend(m.fallbacks)
+            if m.escalate is not None:
+                todo.append(m.escalate.to)
+        models = [self.cfg.models[name] for name in reach]
+        return max(
+            ((prompt_tokens * m.price_in_usd_per_mtok + output_tokens * m.price_out_usd_per_mtok)
+             / 1e6 for m in models),
+            default=0.0,
+        )  # fmt: skip
 
     async def answer(
         self, variant: str, body: dict[str, Any], stream: bool, trace: PendingTrace,
@@ -437,7 +470,8 @@ class Gateway:
 
     def record(self, trace: PendingTrace) -> None:
         assert self.writer is not None
-        self.writer.record(trace)
+        if not self.writer.record(trace):  # the queue is full: the trace is lost, its cost not
+            self._settle(trace, trace.build())
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -465,7 +499,7 @@ class Gateway:
             flush_interval_ms=self.cfg.flush_interval_ms,
             max_batch=self.cfg.max_batch,
             max_queue=self.cfg.max_queue,
-            on_written=self._count_spend,
+            on_built=self._settle,
         )
         await asyncio.to_thread(admin.load_keys, self)
         await asyncio.to_thread(admin.record_experiments, self)
@@ -496,10 +530,13 @@ class Gateway:
         if self.store is not None:
             self.store.close()
 
-    def _count_spend(self, rows: list[Any]) -> None:
-        for row in rows:
-            if row.key_id is not None and row.cost_usd:
-                self.keys.add_spend(row.key_id, row.cost_usd)
+    def _settle(self, item: Any, row: Any) -> None:
+        """A trace was built (in the writer thread): its key's hold is released and its cost
+        counted, stored or not; a trace that could not be priced counts its whole hold."""
+        held = getattr(item, "reserved_usd", 0.0)
+        cost = held if row is None else row.cost_usd
+        if held or cost:
+            self.keys.settle(getattr(item, "key_id", None), held, cost)
 
     async def _refresh_arm_stats_once(self) -> None:
         """Read the experiments' feedback stats, update the router, act on decided canaries."""

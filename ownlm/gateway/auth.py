@@ -4,14 +4,21 @@ A key comes as `Authorization: Bearer <key>` or, as Azure OpenAI clients send it
 
 Keys live in memory (loaded from the store and the config at start, added when the admin
 creates one), so checking a key costs one sha256 and a dict lookup, no I/O. A header over
-`max_authorization_bytes` is refused (401) before it is decoded or hashed. Spend comes from the
-traces the writer has committed (`add_spend`), so a budget can be overrun by the requests in
-flight during one writer interval.
+`max_authorization_bytes` is refused (401) before it is decoded or hashed.
+
+Budgets hold: a billable request reserves its worst-case cost when it is admitted (`reserve`:
+prompt bytes and `max_tokens`, priced at the dearest model it may reach) and is refused while
+the key's spend plus what requests in flight hold has reached the budget; the writer thread
+settles it (`settle`: the hold released, the priced cost counted) when it builds the trace, so
+a reply's cost counts from then on, whether or not the store is up. The last request admitted
+saw spend + holds under the budget, so a key never overruns it by more than one request's
+reservation (tests/gateway/test_budget.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import dataclass
 
@@ -27,6 +34,7 @@ class KeyState:
     tokens: float
     last_s: float
     spent_usd: float = 0.0
+    reserved_usd: float = 0.0  # worst-case cost of the requests in flight
 
 
 ADMIN_ID = "admin"
@@ -43,6 +51,7 @@ class KeyRing:
         # memo: secrets of known keys -> their hash. Unknown secrets are never kept, so it holds
         # at most one entry per key however many bogus keys clients send.
         self._hash_of_secret: dict[str, str] = {}
+        self._money = threading.Lock()  # spend and holds change on the loop and the writer thread
 
     def add(self, key: ApiKey, spent_usd: float = 0.0) -> None:
         """Accept this key from now on (replacing one with the same id)."""
@@ -56,10 +65,34 @@ class KeyRing:
         if state is not None:
             state.key.disabled = True
 
-    def add_spend(self, key_id: str, cost_usd: float) -> None:
-        """Count committed cost against the key's budget."""
-        state = self._by_id.get(key_id)
-        if state is not None:
+    def reserve(self, key_id: str | None, usd: float) -> float:
+        """Hold `usd` (a request's worst-case cost) against the key's budget and return what is
+        held (0 for a key without a budget); a 429 when the budget is spent or held."""
+        state = self._by_id.get(key_id) if key_id is not None else None
+        if state is None or state.key.budget_usd is None:
+            return 0.0
+        key = state.key
+        with self._money:
+            if state.spent_usd + state.reserved_usd >= key.budget_usd:
+                raise WireError(
+                    429,
+                    f"key '{key.name}' spent ${state.spent_usd:.4f} and holds "
+                    f"${state.reserved_usd:.4f} for requests in flight, of its "
+                    f"${key.budget_usd:.4f} budget; retry when they finish, or ask the admin "
+                    "to raise it",
+                    type_="insufficient_quota",
+                    code="insufficient_quota",
+                )
+            state.reserved_usd += usd
+        return usd
+
+    def settle(self, key_id: str | None, reserved_usd: float, cost_usd: float) -> None:
+        """A request is done: release its hold and count what it cost."""
+        state = self._by_id.get(key_id) if key_id is not None else None
+        if state is None:
+            return
+        with self._money:
+            state.reserved_usd = max(0.0, state.reserved_usd - reserved_usd)
             state.spent_usd += cost_usd
 
     def keys(self) -> list[KeyState]:

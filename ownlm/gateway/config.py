@@ -158,6 +158,12 @@ class GatewayConfig(Config):
         "['https://app.example'], or ['*'] for any; empty: CORS off",
     )
     cors_max_age_s: int = Field(600, ge=0, description="how long browsers cache a CORS preflight")
+    budget_default_output_tokens: int = Field(
+        4096,
+        ge=1,
+        description="output tokens a request without max_tokens reserves against its key's "
+        "budget until its cost is known",
+    )
     cache_max_entries: int = Field(10_000, ge=0, description="exact-match cache size")
     cache_ttl_s: float = Field(3600.0, gt=0, description="a cached reply expires after this")
     flush_interval_ms: float = Field(100.0, gt=0, description="trace writer batch interval")

@@ -160,6 +160,7 @@ class PendingTrace:
         # tokens an own-model attempt read and wrote before the request escalated: they count
         # in the trace's tokens (TFP is value per token processed), not in its bill
         self.extra_tokens = (0, 0)
+        self.reserved_usd = 0.0  # held against the key's budget until the writer prices it
 
     def finish(
         self,

@@ -50,12 +50,14 @@ class TraceWriter:
         max_batch: int = 500,
         max_queue: int = 20_000,
         on_written: Callable[[list[Trace]], None] | None = None,
+        on_built: Callable[[Trace | TraceBuilder, Trace | None], None] | None = None,
     ) -> None:
         self.store = store
         self.flush_interval_s = flush_interval_ms / 1000.0
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.on_written = on_written
+        self.on_built = on_built  # each item and its row (None: could not build), before writing
         self.dropped = 0  # traces refused because the queue was full
         self.failed = 0  # traces lost to a store error
         self.quarantined = 0  # traces the database refused for their data (logged, not stored)
@@ -70,16 +72,18 @@ class TraceWriter:
         self._thread = threading.Thread(target=self._run, name="ownlm-trace-writer", daemon=True)
         self._thread.start()
 
-    def record(self, item: Trace | TraceBuilder) -> None:
-        """Queue a trace for writing; never blocks. Drops (and counts) it if the queue is full."""
+    def record(self, item: Trace | TraceBuilder) -> bool:
+        """Queue a trace for writing; never blocks. False: the queue is full, the trace is
+        dropped (and counted)."""
         if len(self._queue) >= self.max_queue:
             self.dropped += 1
-            return
+            return False
         self._pending.add(item.trace_id)
         self._recorded += 1
         self._queue.append(item)
         if len(self._queue) >= self.max_batch:
             self._wake.set()
+        return True
 
     @property
     def queued(self) -> int:
@@ -132,14 +136,17 @@ class TraceWriter:
             items.append(self._queue.popleft())
         rows = []
         for item in items:
-            if isinstance(item, Trace):
-                rows.append(item)
-                continue
-            try:
-                rows.append(item.build())
-            except Exception:  # a bug in one builder must not lose the whole batch
-                log.exception("could not build trace %s; it is not stored", item.trace_id)
-                self.failed += 1
+            row: Trace | None = item if isinstance(item, Trace) else None
+            if row is None:
+                try:
+                    row = item.build()
+                except Exception:  # a bug in one builder must not lose the whole batch
+                    log.exception("could not build trace %s; it is not stored", item.trace_id)
+                    self.failed += 1
+            if self.on_built is not None:
+                self.on_built(item, row)
+            if row is not None:
+                rows.append(row)
         self._insert_with_retry(rows)
         for item in items:
             self._pending.discard(item.trace_id)

@@ -9,6 +9,7 @@ the upstream model name the gateway sends:
     mock-500    answers 500 (an upstream failure)
     mock-400    answers 400 (an upstream complaint about the request)
     mock-slow   sleeps 3 s (longer than the test upstream's timeout)
+    mock-delay  answers like mock-chat after 0.2 s (requests that overlap)
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         return web.json_response(err, status=400)
     if model == "mock-slow":
         await asyncio.sleep(3)
+    if model == "mock-delay":
+        await asyncio.sleep(0.2)
     text = "echo: " + str(body["messages"][-1].get("content"))
     tools = model == "mock-tools"
     if not body.get("stream"):
@@ -202,6 +205,12 @@ def gateway_config(upstream_url: str, store_url: str, **overrides: Any) -> Gatew
                 "price_out_usd_per_mtok": 2000.0,
             },
             "chat-pro": {"upstream": "mock", "model": "mock-chat"},
+            "delayed": {
+                "upstream": "mock",
+                "model": "mock-delay",
+                "price_in_usd_per_mtok": 1000.0,
+                "price_out_usd_per_mtok": 2000.0,
+            },
             "tools": {"upstream": "mock", "model": "mock-tools"},
             "failing": {"upstream": "mock", "model": "mock-500"},
             "broken": {"upstream": "mock", "model": "mock-500", "fallbacks": ["chat"]},

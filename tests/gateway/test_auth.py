@@ -44,9 +44,9 @@ def test_token_bucket_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_budget_admin_and_bad_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     keys = ring(monkeypatch, [0.0])
-    keys.add_spend("k1", 0.6)
+    keys.settle("k1", 0.0, 0.6)
     keys.check(b"Bearer s1")
-    keys.add_spend("k1", 0.4)
+    keys.settle("k1", 0.0, 0.4)
     with pytest.raises(WireError, match=r"spent \$1.0000 of its \$1.0000") as info:
         keys.check(b"Bearer s1")
     assert info.value.code == "insufficient_quota"
@@ -59,3 +59,23 @@ def test_budget_admin_and_bad_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     keys.disable("k1")
     with pytest.raises(WireError, match="invalid API key"):
         keys.check(b"Bearer s1")
+
+
+def test_reservations_hold_the_budget_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = ring(monkeypatch, [0.0])  # budget $1
+    held = [keys.reserve("k1", 0.6), keys.reserve("k1", 0.6)]  # 0.6 < 1: the second is admitted
+    assert held == [0.6, 0.6]
+    with pytest.raises(WireError, match=r"holds \$1.2000 for requests in flight") as info:
+        keys.reserve("k1", 0.6)  # 0 spent + 1.2 held >= 1
+    assert info.value.status == 429 and info.value.code == "insufficient_quota"
+    keys.settle("k1", 0.6, 0.1)  # one finished, cheaper than its worst case
+    assert keys.reserve("k1", 0.6) == 0.6  # 0.1 spent + 0.6 held = 0.7 < 1
+    keys.settle("k1", 0.6, 0.6)
+    keys.settle("k1", 0.6, 0.6)
+    state = keys.keys()[0]
+    assert state.reserved_usd == 0.0 and state.spent_usd == pytest.approx(1.3)  # <= 1 + 0.6
+    with pytest.raises(WireError):
+        keys.reserve("k1", 0.0)
+    assert keys.reserve(None, 5.0) == 0.0  # keys not required: nothing to hold
+    keys.add(ApiKey("k2", sha("s2"), "two", rate_per_s=1.0, burst=1, budget_usd=None))
+    assert keys.reserve("k2", 5.0) == 0.0  # no budget: nothing held
