@@ -52,6 +52,7 @@ from ownlm.gateway.wire import (
 from ownlm.models.llama_cpp import answer_confidence
 from ownlm.router.policy import Decision, Router, RouteRequest
 from ownlm.store.registry import Registry
+from ownlm.store.spill import Spill
 from ownlm.store.trace_store import TraceStore, UnknownTraceError
 from ownlm.store.writer import TraceWriter
 
@@ -271,10 +272,18 @@ class Gateway:
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /health: liveness, the trace writer's counters and the own-model engines."""
         w = self.writer
-        stats = {"queued": 0, "written": 0, "dropped": 0, "failed": 0, "quarantined": 0}
+        stats: dict[str, Any] = dict.fromkeys(
+            ("queued", "written", "dropped", "failed", "quarantined"), 0
+        )
         if w is not None:
             stats = {"queued": w.queued, "written": w.written}
             stats.update(dropped=w.dropped, failed=w.failed, quarantined=w.quarantined)
+            if w.spill is not None:
+                stats["spilled"] = w.spill.count
+                stats["spill_bytes"] = w.spill.size_bytes
+                stats["spill_max_bytes"] = w.spill.max_bytes
+            if w.store_error is not None:
+                stats["store_error"] = w.store_error
         engines = {
             name: up.health() for name, up in self.upstreams.items() if hasattr(up, "health")
         }
@@ -282,6 +291,7 @@ class Gateway:
         ok = all(e["alive"] for e in engines.values()) and not any(
             t["last_error"] for t in tasks.values()
         )
+        ok = ok and "store_error" not in stats and not stats.get("spilled")
         body: dict[str, Any] = {"status": "ok" if ok else "degraded", "traces": stats}
         if tasks:
             body["tasks"] = tasks
@@ -494,12 +504,16 @@ class Gateway:
     async def start(self) -> None:
         """Open the store, start the writer, load keys, connect upstreams, start refreshers."""
         self.store = await asyncio.to_thread(TraceStore, self.cfg.store_url)
+        spill = None
+        if self.cfg.spill_max_bytes:
+            spill = Spill(spill_path(self.cfg), self.cfg.spill_max_bytes)
         self.writer = TraceWriter(
             self.store,
             flush_interval_ms=self.cfg.flush_interval_ms,
             max_batch=self.cfg.max_batch,
             max_queue=self.cfg.max_queue,
             on_built=self._settle,
+            spill=spill,
         )
         await asyncio.to_thread(admin.load_keys, self)
         await asyncio.to_thread(admin.record_experiments, self)
@@ -551,3 +565,13 @@ class Gateway:
         router.update_arm_stats(stats)
         if self.live_deployments:
             await asyncio.to_thread(deployments.act_on_canaries, self)
+
+
+def spill_path(cfg: GatewayConfig) -> str:
+    """Where the writer spills traces: the config's path, else beside a SQLite store's file."""
+    if cfg.spill_path:
+        return cfg.spill_path
+    url = cfg.store_url
+    if url.startswith("sqlite:///") and ":memory:" not in url and len(url) > len("sqlite:///"):
+        return url[len("sqlite:///") :] + ".spill.jsonl"
+    return "ownlm-spill.jsonl"

@@ -169,6 +169,15 @@ class GatewayConfig(Config):
     flush_interval_ms: float = Field(100.0, gt=0, description="trace writer batch interval")
     max_batch: int = Field(500, ge=1, description="traces per store write")
     max_queue: int = Field(20_000, ge=1, description="traces waiting beyond this are dropped")
+    spill_path: str | None = Field(
+        None,
+        description="file that keeps traces while the store is unavailable, replayed when it "
+        "is back; null: next to a SQLite store (<db>.spill.jsonl), else ownlm-spill.jsonl "
+        "in the working directory",
+    )
+    spill_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="the spill's bound; 0: no spill (traces are lost)"
+    )
     arm_stats_interval_s: float = Field(
         5.0, gt=0, description="how often A/B arm stats are read and tested"
     )

@@ -32,6 +32,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ownlm.errors import StoreError
@@ -114,13 +116,19 @@ class TraceStore:
 
     # -- traces ------------------------------------------------------------------------------
 
-    def write_traces(self, rows: list[Trace]) -> None:
-        """Insert a batch of traces in one transaction."""
+    def write_traces(self, rows: list[Trace], *, skip_existing: bool = False) -> None:
+        """Insert a batch of traces in one transaction; `skip_existing`: rows whose trace id is
+        already stored are left out (a replayed spill), not an error."""
         if not rows:
             return
+        stmt = insert(t.traces)
+        if skip_existing:
+            dialect = self.engine.dialect.name
+            upsert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+            stmt = upsert(t.traces).on_conflict_do_nothing(index_elements=["trace_id"])
         with self.engine.begin() as conn:
             # vars(), not dataclasses.asdict: asdict deep-copies request and response (10x slower)
-            conn.execute(insert(t.traces), [vars(r) for r in rows])
+            conn.execute(stmt, [vars(r) for r in rows])
 
     def get_trace(self, trace_id: str) -> Trace | None:
         """The trace with this id, or None."""
@@ -315,7 +323,9 @@ class TraceStore:
                     )
                 conn.execute(insert(t.feedback).values(**dataclasses.asdict(fb)))
         except SQLAlchemyError as err:
-            raise StoreError(f"feedback for trace {fb.trace_id} not stored: {err}") from err
+            raise StoreError(
+                f"feedback for trace {fb.trace_id} not stored: {store_failure(err)}"
+            ) from err
 
     def list_feedback(self, trace_id: str | None = None) -> list[Feedback]:
         """Feedback rows, oldest first, optionally for one trace."""
@@ -448,3 +458,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+
+
+_REASONS = (
+    ("locked", "the database is locked"),
+    ("readonly", "the database is read-only"),
+    ("read-only", "the database is read-only"),
+    ("disk", "the disk is full or failing"),
+    ("full", "the disk is full or failing"),
+    ("statement timeout", "the database did not answer in time"),
+    ("timeout", "the database did not answer in time"),
+    ("connect", "the database cannot be reached"),
+    ("closed", "the database cannot be reached"),
+    ("terminat", "the database cannot be reached"),
+    ("shut", "the database cannot be reached"),
+)
+
+
+def store_failure(err: BaseException) -> str:
+    """What failed, in words fit for /health and error bodies: the driver's error class and a
+    plain reason, never the SQL, its parameters or the database's address."""
+    orig = getattr(err, "orig", None) or err
+    text = str(orig).lower()
+    reason = next((r for needle, r in _REASONS if needle in text), "the database refused the write")
+    return f"{type(orig).__name__}: {reason}"

@@ -11,8 +11,13 @@ inserts them in one transaction. This is the one place that decides when a write
   still queued, that trace is written first, so acknowledged feedback always has its trace;
 - a batch the database refuses for its data (a value too long for its column, a duplicate id)
   is written again row by row: the good rows are stored, each bad one is logged and counted
-  as quarantined, so one bad trace never loses the others. A batch refused for any other reason
-  (the database is down or locked) is retried whole, 5 times with backoff, then counted failed.
+  as quarantined, so one bad trace never loses the others;
+- a batch refused for any other reason (the database is down, locked, read-only or full) is
+  retried 3 times within ~0.15 s, then kept in the local spill (`ownlm/store/spill.py`: append
+  + fsync, bounded) and replayed in order once the store answers again (tried every
+  `replay_interval_s`); while traces wait there, later batches join them so the order holds.
+  `store_error` says what failed, without SQL or parameters, until a write succeeds. Without a
+  spill (or when it is full) such a batch is retried 5 times with backoff, then counted failed.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from typing import Protocol
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
+from ownlm.errors import StoreError
 from ownlm.store.schema import Feedback, Trace
-from ownlm.store.trace_store import TraceStore
+from ownlm.store.spill import Spill
+from ownlm.store.trace_store import TraceStore, store_failure
 
 log = logging.getLogger("ownlm.store")
 
@@ -51,6 +58,8 @@ class TraceWriter:
         max_queue: int = 20_000,
         on_written: Callable[[list[Trace]], None] | None = None,
         on_built: Callable[[Trace | TraceBuilder, Trace | None], None] | None = None,
+        spill: Spill | None = None,
+        replay_interval_s: float = 1.0,
     ) -> None:
         self.store = store
         self.flush_interval_s = flush_interval_ms / 1000.0
@@ -62,6 +71,12 @@ class TraceWriter:
         self.failed = 0  # traces lost to a store error
         self.quarantined = 0  # traces the database refused for their data (logged, not stored)
         self.written = 0
+        self.spill = spill
+        self.replay_interval_s = replay_interval_s
+        self.store_error: str | None = None  # the last write's failure, until one succeeds
+        self._spilled_ids: set[str] = set()
+        self._next_replay_s = 0.0
+        self.feedback_wait_s = 5.0  # feedback on a spilled trace waits this long for a replay
         self._queue: collections.deque[Trace | TraceBuilder] = collections.deque()
         self._pending: set[str] = set()  # ids queued and not yet committed
         self._wake = threading.Event()
@@ -112,6 +127,18 @@ class TraceWriter:
         `made_by`, only on a trace made by that key id (`TraceStore.add_feedback`)."""
         if fb.trace_id in self._pending:
             self.flush()
+        if fb.trace_id in self._spilled_ids:
+            self._next_replay_s = 0.0  # the writer replays at its next wake-up
+            self.flush()
+            with self._done:
+                self._done.wait_for(
+                    lambda: fb.trace_id not in self._spilled_ids, timeout=self.feedback_wait_s
+                )
+            if fb.trace_id in self._spilled_ids:
+                raise StoreError(
+                    f"the store is unavailable ({self.store_error}); trace {fb.trace_id} is kept "
+                    "in the gateway's spill until it is back: retry the feedback then"
+                )
         self.store.add_feedback(fb, made_by)
 
     def close(self) -> None:
@@ -127,6 +154,8 @@ class TraceWriter:
             stopping = self._stop
             while self._queue:
                 self._write_batch()
+            if self.spill is not None and self.spill.count and (stopping or self._replay_due()):
+                self._replay()  # the last chance before a stop, else every replay_interval_s
             if stopping:
                 return
 
@@ -147,7 +176,14 @@ class TraceWriter:
                 self.on_built(item, row)
             if row is not None:
                 rows.append(row)
-        self._insert_with_retry(rows)
+        if (
+            self.spill is not None
+            and self.spill.count
+            and not (self._replay_due() and self._replay())
+        ):
+            self._keep(rows)  # the store has not taken the spill yet: these go after it
+        else:
+            self._insert_with_retry(rows)
         for item in items:
             self._pending.discard(item.trace_id)
         with self._done:
@@ -155,22 +191,82 @@ class TraceWriter:
             self._done.notify_all()
 
     def _insert_with_retry(self, rows: list[Trace], *, isolate: bool = True) -> None:
-        for attempt in range(5):
+        attempts = 3 if self.spill is not None else 5
+        for attempt in range(attempts):
             try:
                 self.store.write_traces(rows)
             except SQLAlchemyError as err:
                 if is_row_error(err) and isolate:
                     self._insert_one_by_one(rows)
                     return
-                log.warning(
-                    "trace batch of %d failed (attempt %d): %s", len(rows), attempt + 1, err
-                )
-                time.sleep(0.05 * 2**attempt)
+                self._store_failed(err)
+                if attempt + 1 < attempts:
+                    time.sleep(0.05 * 2**attempt)
                 continue
+            self.store_error = None
             self._count_written(rows)
+            return
+        if self.spill is not None:
+            self._keep(rows)
             return
         self.failed += len(rows)
         log.error("lost %d traces after 5 failed writes to %s", len(rows), self.store.url)
+
+    def _store_failed(self, err: SQLAlchemyError) -> None:
+        first = self.store_error is None
+        self.store_error = store_failure(err)
+        if first:
+            log.warning("the store failed a write: %s", _first_line(err))
+
+    def _keep(self, rows: list[Trace]) -> None:
+        """Spill rows the store cannot take now; lost (and counted) when the spill is full."""
+        assert self.spill is not None
+        if not rows:
+            return
+        if self.spill.append(rows):
+            self._spilled_ids.update(r.trace_id for r in rows)
+            return
+        self.failed += len(rows)
+        log.error(
+            "lost %d traces: the store is unavailable (%s) and the spill %s is full (%d of %d "
+            "bytes)", len(rows), self.store_error, self.spill.path, self.spill.size_bytes,
+            self.spill.max_bytes,
+        )  # fmt: skip
+
+    def _replay_due(self) -> bool:
+        return time.monotonic() >= self._next_replay_s
+
+    def _replay(self) -> bool:
+        """Write the spill to the store in order; True when it is all committed (and emptied)."""
+        assert self.spill is not None
+        self._next_replay_s = time.monotonic() + self.replay_interval_s
+        rows = self.spill.read()
+        for i in range(0, len(rows), self.max_batch):
+            chunk = rows[i : i + self.max_batch]
+            try:
+                self.store.write_traces(chunk, skip_existing=True)
+            except SQLAlchemyError as err:
+                if not is_row_error(err):
+                    self._store_failed(err)
+                    return False
+                for row in chunk:  # a row the store refuses for its data: quarantine it
+                    try:
+                        self.store.write_traces([row], skip_existing=True)
+                    except SQLAlchemyError as one:
+                        if not is_row_error(one):
+                            self._store_failed(one)
+                            return False
+                        self.quarantined += 1
+                        why = _first_line(one)
+                        log.error("spilled trace %s quarantined: %s", row.trace_id, why)
+        self.spill.clear()
+        self.store_error = None
+        log.warning("replayed %d spilled traces into the store", len(rows))
+        self._count_written(rows)
+        with self._done:
+            self._spilled_ids.clear()
+            self._done.notify_all()
+        return True
 
     def _insert_one_by_one(self, rows: list[Trace]) -> None:
         """Write each row in its own transaction after the batch was refused for its data."""
