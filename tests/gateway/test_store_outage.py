@@ -40,9 +40,7 @@ def test_no_acknowledged_trace_is_lost_to_a_store_outage(gateway: RunningGateway
         assert h["traces"]["spill_bytes"] > 0 and h["traces"]["failed"] == 0
         gw.writer.feedback_wait_s = 0.2
         with pytest.raises(openai.APIStatusError) as info:
-            c.post(
-                "/feedback", body={"trace_id": ids[0], "thumbs": 1}, cast_to=dict[str, Any]
-            )
+            c.post("/feedback", body={"trace_id": ids[0], "thumbs": 1}, cast_to=dict[str, Any])
         assert info.value.status_code == 503
         for leak in ("INSERT", "secret", "127.0.0.1"):
             assert leak not in info.value.message

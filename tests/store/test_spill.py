@@ -1,4 +1,4 @@
-"""The writer's spill: a store outage loses no trace; replay in order, once, also after a restart."""
+"""The writer's spill: a store outage loses no trace; replayed in order, once, after a restart too."""
 
 from __future__ import annotations
 
