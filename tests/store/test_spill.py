@@ -1,4 +1,4 @@
-"""The writer's spill: a store outage loses no trace; replayed in order, once, after a restart too."""
+"""The writer's spill: a store outage loses no trace; replayed in order, once, after restarts."""
 
 from __future__ import annotations
 
