@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ownlm.config import Config, dump_config
 from ownlm.envs.base import Env, MultiTurnEnv, Task, is_multi_turn
 from ownlm.envs.registry import EnvConfig, env_field, make_env
-from ownlm.errors import OwnlmError
+from ownlm.errors import ConfigError, OwnlmError
 from ownlm.models.chat import encode_prompt, split_thinking
 from ownlm.models.load import load_model
 from ownlm.rollout.episodes import EpisodeBatch, run_episodes
@@ -121,6 +121,14 @@ class GRPOConfig(Config):
         None, description="compute logits this many rows at a time to save memory; null: all"
     )
     threads: int | None = Field(None, description="torch CPU threads; null: torch's default")
+    device: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="where the policy, its reference and the rollouts run: cpu, cuda or cuda:N",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="the weights' precision; bfloat16: a bf16 learner (GPU)"
+    )
 
     @model_validator(mode="after")
     def _check_fits(self) -> GRPOConfig:
@@ -184,8 +192,13 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> Run
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         check_resume_compatible(ckpt, cfg.model_dump(mode="json"), RESUME_KEYS)
+    device = torch_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
     model, tokenizer = prepare_policy(cfg, ckpt.path if ckpt is not None else None)
+    model.to(device=device, dtype=dtype)
     ref_model = make_reference(cfg)
+    if ref_model is not None:
+        ref_model.to(device=device, dtype=dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -259,11 +272,11 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> Run
             cfg.group_size,
             scale_by_std=cfg.loss in ("grpo", "dapo"),
             estimator="rloo" if cfg.loss == "rloo" else "grpo",
-        )
+        ).to(device)
         zero_var = zero_variance_groups(rewards, cfg.group_size)  # (P,)
         keep_groups = ~zero_var if cfg.loss == "dapo" else torch.ones_like(zero_var)
         keep_rows = keep_groups.repeat_interleave(cfg.group_size)
-        mask = comps.completion_mask & keep_rows.unsqueeze(1)
+        mask = comps.completion_mask & keep_rows.to(device).unsqueeze(1)
         # With beta 0, a group whose advantages are all 0 adds exactly nothing to the gradient:
         # it still counts in the loss's denominator, but its forward/backward is skipped.
         signal = keep_groups & ~zero_var if cfg.beta == 0 else keep_groups
@@ -393,6 +406,22 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> Run
 
 
 # ---- the steps above, as small functions ---------------------------------------------------
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device of `device:`, or a ConfigError when this machine has none such."""
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device '{name}': this torch ({torch.__version__}) sees no GPU; use device: cpu"
+            )
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device '{name}': this machine has {torch.cuda.device_count()} GPU(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    return torch.device(name)
 
 
 def prepare_policy(cfg: GRPOConfig, ckpt_path: Path | None) -> tuple[Any, Any]:

@@ -253,11 +253,20 @@ def test_refuses_resume_with_another_seed(tiny_dir: Path, tmp_path: Path) -> Non
         (["temperature=0"], "temperature > 0"),
         (["lerning_rate=1"], "unknown key 'lerning_rate'"),
         (["loss=ppo"], "loss"),
+        (["device=gpu"], "device"),
+        (["dtype=float16"], "dtype"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(GRPOConfig, None, overrides)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_device_without_a_gpu_is_a_clear_error(tiny_dir: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_dir, tmp_path / "run", steps=1).model_copy(update={"device": "cuda"})
+    with pytest.raises(ConfigError, match="sees no GPU; use device: cpu"):
+        train_grpo(cfg, env=DigitEnv())
 
 
 @pytest.mark.slow
