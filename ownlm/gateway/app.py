@@ -23,6 +23,7 @@ from ownlm.gateway.asgi import (
     Send,
     find_route,
     read_body,
+    relay,
     send_bytes,
     send_error,
     send_json,
@@ -136,9 +137,9 @@ class Gateway:
         """POST /v1/chat/completions, whole or streamed."""
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
+        key_id = self.authenticate(headers)  # before the body is read
         body = self.parse_body(await read_body(receive, headers, self.cfg.max_body_bytes))
         check_chat_request(body)
-        key_id = self.authenticate(headers)
         alias = self.check_alias(body["model"])
         trace = await self.routed_trace(
             t0, "chat.completions", alias, body, headers, body["messages"], key_id
@@ -177,32 +178,38 @@ class Gateway:
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + tid})
         chunks: list[bytes] = []
-        error = None
+
+        async def forward_chunk(chunk: bytes) -> None:
+            if not chunks:
+                trace.ttft_ms = (time.perf_counter() - t0) * 1000.0
+            chunks.append(chunk)
+            out = chunk if hide_usage is None else hide_usage.feed(chunk)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+
+        error, status = None, 200
         try:
-            async for chunk in reply:
-                if not chunks:
-                    trace.ttft_ms = (time.perf_counter() - t0) * 1000.0
-                chunks.append(chunk)
-                out = chunk if hide_usage is None else hide_usage.feed(chunk)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            stopped = await relay(reply, forward_chunk, receive, self.cfg.stream_deadline_s)
         except UpstreamUnavailable as err:
             error = err.message
+        else:
+            if stopped is not None:
+                status, error = stopped
         finally:
             await reply.aclose()
         if hide_usage is not None and (rest := hide_usage.flush()):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        trace.finish(200, chunks, error=error)
+        trace.finish(status, chunks, error=error)
         self.record(trace)
 
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/embeddings, passed through to the model's upstream."""
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
+        key_id = self.authenticate(headers)  # before the body is read
         body = self.parse_body(await read_body(receive, headers, self.cfg.max_body_bytes))
         check_embeddings_request(body)
-        key_id = self.authenticate(headers)
         alias = self.check_alias(body["model"])
         user, session, tags, metadata = request_labels(body, headers, self.cfg.labels)
         text = embedding_text(body["input"])
@@ -233,9 +240,9 @@ class Gateway:
     async def feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/feedback: answered only after the feedback row is durably committed."""
         headers = dict(scope["headers"])
+        key_id = self.authenticate(headers)  # before the body is read
         body = self.parse_body(await read_body(receive, headers, self.cfg.max_body_bytes))
         fb = admin.parse_feedback(body, self.cfg)
-        key_id = self.authenticate(headers)
         fb.key_id = key_id
         made_by = None if key_id in (None, ADMIN_ID) else key_id  # the admin may rate any trace
         assert self.writer is not None

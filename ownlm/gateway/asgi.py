@@ -3,7 +3,9 @@ OpenAI error."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -106,3 +108,45 @@ async def send_error(
     """A WireError in the OpenAI error shape."""
     body = error_body(err.message, err.type, err.param, err.code)
     await send_bytes(send, err.status, body, [*err.headers, *(extra_headers or [])])
+
+
+CLIENT_GONE = 499  # the trace status of a stream the client left (nginx's "client closed")
+STREAM_DEADLINE = 504  # the trace status of a stream cut off at stream_deadline_s
+
+
+async def relay(
+    chunks: AsyncIterator[bytes],
+    handle: Callable[[bytes], Awaitable[None]],
+    receive: Receive,
+    deadline_s: float,
+) -> tuple[int, str] | None:
+    """Pass each chunk of an upstream stream to `handle` until it ends. Stops reading (the
+    caller closes the upstream) as soon as the client disconnects or the stream passes
+    `deadline_s`; returns the trace's status and why it stopped early, None when the stream
+    ended. An upstream's own exception propagates."""
+
+    async def pump() -> None:
+        async for chunk in chunks:
+            await handle(chunk)
+
+    async def client_gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    reading = asyncio.ensure_future(pump())
+    watching = asyncio.ensure_future(client_gone())
+    try:
+        done, _ = await asyncio.wait(
+            {reading, watching}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        watching.cancel()
+    if reading in done:
+        reading.result()
+        return None
+    reading.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reading
+    if watching in done:
+        return CLIENT_GONE, "the client disconnected before the stream ended"
+    return STREAM_DEADLINE, f"the stream passed stream_deadline_s ({deadline_s:g} s)"

@@ -143,6 +143,15 @@ class GatewayConfig(Config):
         description="request bodies nested deeper get a 400 (the store's JSON encoder stops at "
         "254 levels)",
     )
+    max_header_bytes: int = Field(
+        65536, ge=1024, description="a request whose line and headers pass this gets a 431"
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection whose request headers are not all in this long after it "
+        "opened (or after the last response) gets a 408 and is closed (slowloris, idle sockets)",
+    )
     max_authorization_bytes: int = Field(
         4096, ge=64, description="a longer Authorization (or api-key) header is a 401, unread"
     )
@@ -158,6 +167,11 @@ class GatewayConfig(Config):
         "['https://app.example'], or ['*'] for any; empty: CORS off",
     )
     cors_max_age_s: int = Field(600, ge=0, description="how long browsers cache a CORS preflight")
+    stream_deadline_s: float = Field(
+        600.0,
+        gt=0,
+        description="a streamed reply is cut off (and its upstream closed) after this long",
+    )
     budget_default_output_tokens: int = Field(
         4096,
         ge=1,

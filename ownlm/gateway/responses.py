@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ownlm.gateway.asgi import Receive, Scope, Send, read_body, send_bytes, send_error
+from ownlm.gateway.asgi import Receive, Scope, Send, read_body, relay, send_bytes, send_error
 from ownlm.gateway.responses_stream import ResponseEvents, completion_chunk
 from ownlm.gateway.responses_wire import (
     chat_request,
@@ -67,9 +67,9 @@ class ResponsesAPI:
         gw = self.gw
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
+        key_id = gw.authenticate(headers)  # before the body is read
         body = gw.parse_body(await read_body(receive, headers, gw.cfg.max_body_bytes))
         check_responses_request(body)
-        key_id = gw.authenticate(headers)
         alias = gw.check_alias(body["model"])
         history = await self.history(body.get("previous_response_id"), key_id)
         chat = chat_request(body, history)
@@ -108,29 +108,35 @@ class ResponsesAPI:
         events = ResponseEvents(body, rid, trace.created_at)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + tid})
         await send({"type": "http.response.body", "body": events.start(), "more_body": True})
-        error = None
+        error, status = None, 200
         if chunks:
             trace.ttft_ms = (time.perf_counter() - t0) * 1000.0
             out = events.feed(chunks[0])
             await send({"type": "http.response.body", "body": out, "more_body": True})
         else:
             assert not isinstance(reply, UpstreamResponse)
+
+            async def forward_chunk(chunk: bytes) -> None:
+                if not chunks:
+                    trace.ttft_ms = (time.perf_counter() - t0) * 1000.0
+                chunks.append(chunk)
+                if out := events.feed(chunk):
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+
             try:
-                async for chunk in reply:
-                    if not chunks:
-                        trace.ttft_ms = (time.perf_counter() - t0) * 1000.0
-                    chunks.append(chunk)
-                    if out := events.feed(chunk):
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                stopped = await relay(reply, forward_chunk, receive, gw.cfg.stream_deadline_s)
             except UpstreamUnavailable as err:
                 error = err.message
+            else:
+                if stopped is not None:
+                    status, error = stopped
             finally:
                 await reply.aclose()
         last = events.finish(error)
         if events.response["status"] != "failed":
             self.keep(rid, key_id, body, events.response)
         await send({"type": "http.response.body", "body": last, "more_body": False})
-        trace.finish(200, chunks, error=error)
+        trace.finish(status, chunks, error=error)
         gw.record(trace)
 
     async def retrieve(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -175,10 +175,7 @@ def decide_canary(reg: Registry, dep: Deployment, eliminated: frozenset[str], p:
         reg.rollback(dep.alias, f"canary {dep.canary} lost the A/B (p={p:.2g})")
         return f"rolled back {dep.canary}"
     if dep.incumbent in eliminated and version is not None and version.status == "canary":
-        for other in reg.store.list_model_versions(version.name):
-            if other.status == "promoted":
-                reg.set_status(other.name, other.version, "retired")
-        reg.set_status(version.name, version.version, "promoted")
+        reg.mark_promoted(version.name, version.version)
         return f"promoted {dep.canary}"
     return ""
 

@@ -16,7 +16,7 @@ import dataclasses
 import re
 import time
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ownlm.errors import StoreError
@@ -83,25 +83,29 @@ class Registry:
 
     def set_status(self, name: str, version: int, status: str) -> None:
         """Change a version's status (see VERSION_STATUSES)."""
-        if status not in VERSION_STATUSES:
-            raise StoreError(f"unknown status {status!r}; use one of {', '.join(VERSION_STATUSES)}")
+        with self.engine.begin() as conn:
+            _set_status(conn, name, version, status)
+
+    def mark_promoted(self, name: str, version: int) -> None:
+        """The version won: it becomes `promoted` and the name's promoted one `retired`, in one
+        transaction (a crash between the two cannot leave two promoted or none)."""
         mv = t.model_versions
         with self.engine.begin() as conn:
-            res = conn.execute(
-                update(mv).where(mv.c.name == name, mv.c.version == version).values(status=status)
+            conn.execute(
+                update(mv)
+                .where(mv.c.name == name, mv.c.status == "promoted", mv.c.version != version)
+                .values(status="retired")
             )
-        if not res.rowcount:
-            raise StoreError(f"no model version {name}@{version} in the registry")
+            _set_status(conn, name, version, "promoted")
 
     # -- gate decisions ----------------------------------------------------------------------
 
     def record_gate(self, decision: GateDecision) -> None:
         """Store a gate decision and set the version's status to approved or rejected."""
-        with self.engine.begin() as conn:
+        status = "approved" if decision.promote else "rejected"
+        with self.engine.begin() as conn:  # the decision and the status it sets, together
             conn.execute(insert(t.gate_decisions).values(**dataclasses.asdict(decision)))
-        self.set_status(
-            decision.name, decision.version, "approved" if decision.promote else "rejected"
-        )
+            _set_status(conn, decision.name, decision.version, status)
 
     def gate_decisions(self, name: str | None = None) -> list[GateDecision]:
         """Decisions, oldest first."""
@@ -119,11 +123,19 @@ class Registry:
         total = sum(dep.arms.values())
         if not dep.arms or abs(total - 1.0) > 1e-6:
             raise StoreError(f"deployment arms must share all traffic (sum 1), got {dep.arms}")
+        return self._deploy(dep)
+
+    def _deploy(
+        self, dep: Deployment, then_status: tuple[str, int, str] | None = None
+    ) -> Deployment:
+        """Insert the row and (optionally) set one version's status, in one transaction."""
         row = dataclasses.asdict(dep)
         row.pop("seq")
         try:
             with self.engine.begin() as conn:
                 seq = conn.execute(insert(t.deployments).values(**row)).inserted_primary_key[0]
+                if then_status is not None:
+                    _set_status(conn, *then_status)
         except SQLAlchemyError as err:
             raise StoreError(f"cannot write the deployment of {dep.alias!r}: {err}") from err
         return dataclasses.replace(dep, seq=int(seq))
@@ -155,15 +167,22 @@ class Registry:
                 "rollback restores the routing before the newest one"
             )
         newest, before = rows[-1], rows[-2]
-        restored = self.deploy(
-            dataclasses.replace(
-                before,
-                seq=0,
-                created_at=time.time(),
-                reason=f"rollback of #{newest.seq}: {reason}",
-            )
-        )
         canary = self.by_variant(newest.canary) if newest.canary is not None else None
-        if canary is not None:
-            self.set_status(canary.name, canary.version, "rolled_back")
-        return restored
+        status = (canary.name, canary.version, "rolled_back") if canary is not None else None
+        return self._deploy(
+            dataclasses.replace(
+                before, seq=0, created_at=time.time(), reason=f"rollback of #{newest.seq}: {reason}"
+            ),
+            then_status=status,
+        )  # the restored routing and the canary's status, in one transaction
+
+
+def _set_status(conn: Connection, name: str, version: int, status: str) -> None:
+    if status not in VERSION_STATUSES:
+        raise StoreError(f"unknown status {status!r}; use one of {', '.join(VERSION_STATUSES)}")
+    mv = t.model_versions
+    res = conn.execute(
+        update(mv).where(mv.c.name == name, mv.c.version == version).values(status=status)
+    )
+    if not res.rowcount:
+        raise StoreError(f"no model version {name}@{version} in the registry")

@@ -10,6 +10,7 @@ the upstream model name the gateway sends:
     mock-400    answers 400 (an upstream complaint about the request)
     mock-slow   sleeps 3 s (longer than the test upstream's timeout)
     mock-delay  answers like mock-chat after 0.2 s (requests that overlap)
+    mock-endless streams a chunk every 10 ms and never ends (counted in open_streams)
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class MockUpstream:
     base_url: str
     hits: Counter[str] = field(default_factory=Counter)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    open_streams: int = 0  # mock-endless streams still being written
 
 
 MOCK = web.AppKey("mock", MockUpstream)
@@ -118,6 +120,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(3)
     if model == "mock-delay":
         await asyncio.sleep(0.2)
+    if model == "mock-endless":
+        return await _endless(request, mock, model)
     text = "echo: " + str(body["messages"][-1].get("content"))
     tools = model == "mock-tools"
     if not body.get("stream"):
@@ -153,6 +157,18 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
+
+
+async def _endless(request: web.Request, mock: MockUpstream, model: str) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    mock.open_streams += 1
+    try:
+        while True:
+            await resp.write(_chunk(model, {"content": "more "}))
+            await asyncio.sleep(0.01)
+    finally:  # the gateway closed the connection: the write failed or the handler was cancelled
+        mock.open_streams -= 1
 
 
 async def _embeddings(request: web.Request) -> web.Response:
@@ -205,6 +221,7 @@ def gateway_config(upstream_url: str, store_url: str, **overrides: Any) -> Gatew
                 "price_out_usd_per_mtok": 2000.0,
             },
             "chat-pro": {"upstream": "mock", "model": "mock-chat"},
+            "endless": {"upstream": "mock", "model": "mock-endless"},
             "delayed": {
                 "upstream": "mock",
                 "model": "mock-delay",

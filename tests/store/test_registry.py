@@ -96,3 +96,13 @@ def test_a_version_1_database_migrates(tmp_path: Path) -> None:
     reg.deploy(Deployment("app", {"strong": 1.0}, "strong", "after the migration"))
     assert reg.current("app") is not None
     store.close()
+
+
+def test_promoting_retires_the_old_version_in_the_same_transaction(reg: Registry) -> None:
+    reg.register(ModelVersion("own", 1, "/runs/a", status="promoted"))
+    reg.register(ModelVersion("own", 2, "/runs/b", status="canary"))
+    with pytest.raises(StoreError, match="no model version own@3"):
+        reg.mark_promoted("own", 3)  # fails after the retire statement: it is rolled back too
+    assert [v.status for v in reg.store.list_model_versions("own")] == ["promoted", "canary"]
+    reg.mark_promoted("own", 2)
+    assert [v.status for v in reg.store.list_model_versions("own")] == ["retired", "promoted"]
