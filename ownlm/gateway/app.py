@@ -93,6 +93,7 @@ class Gateway:
         self.deployed: dict[str, int] = {}  # alias -> seq of the deployment applied
         self.live_deployments: dict[str, Any] = {}
         self.canaries_decided: set[int] = set()
+        self.decided: dict[str, frozenset[str]] = {}  # experiment -> eliminated arms, as stored
         self.aliases = sorted(set(cfg.models) | set(cfg.router.routes))
         self.upstreams = upstreams if upstreams is not None else build_upstreams(cfg)
         self.keys = KeyRing(admin.admin_sha256(cfg), cfg.max_authorization_bytes)
@@ -524,6 +525,7 @@ class Gateway:
         )
         await asyncio.to_thread(admin.load_keys, self)
         await asyncio.to_thread(admin.record_experiments, self)
+        await asyncio.to_thread(self.restore_decisions, self.router)
         for up in self.upstreams.values():
             await up.start()
         await deployments.apply_deployments(self, await asyncio.to_thread(self.stored_deployments))
@@ -534,6 +536,15 @@ class Gateway:
         ):  # fmt: skip
             health = self.task_health[name] = TaskHealth()
             self._tasks.append(asyncio.create_task(run_forever(name, step, interval_s, health)))
+
+    def restore_decisions(self, router: Router) -> None:
+        """Give the router's experiments the eliminations their tests made before (stored)."""
+        assert self.store is not None
+        stored = {e.name: e.eliminated for e in self.store.list_experiments() if e.eliminated}
+        for name, exp in router.experiments.items():
+            if name in stored:
+                exp.restore(stored[name])
+            self.decided[name] = exp.eliminated
 
     def stored_deployments(self) -> dict[str, Any]:
         """The live deployment of each alias, as the store has it now."""
@@ -570,6 +581,10 @@ class Gateway:
         for name in router.experiments:
             stats.extend(await asyncio.to_thread(store.arm_stats, name))
         router.update_arm_stats(stats)
+        for name, exp in router.experiments.items():  # a new decision outlives a restart
+            if exp.eliminated != self.decided.get(name, frozenset()):
+                await asyncio.to_thread(store.set_eliminated, name, list(exp.eliminated))
+                self.decided[name] = exp.eliminated
         if self.live_deployments:
             await asyncio.to_thread(deployments.act_on_canaries, self)
 

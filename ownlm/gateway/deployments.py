@@ -82,6 +82,7 @@ async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
                 experiment_name(dep), dep.alias, list(dep.arms), list(dep.arms.values())
             )
             await asyncio.to_thread(gw.store.save_experiment, exp)
+    await asyncio.to_thread(gw.restore_decisions, router)
     gw.cfg, gw.router = cfg, router
     gw.aliases = sorted(set(models) | set(router_cfg.routes))
     gw.deployed = {a: d.seq for a, d in live.items()}

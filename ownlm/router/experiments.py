@@ -159,6 +159,14 @@ class Experiment:
         out = f"; shifted, {'/'.join(sorted(self.eliminated))} worse" if self.eliminated else ""
         self.status = f"weights {shown}{out}"
 
+    def restore(self, eliminated: list[str]) -> None:
+        """Take up the arms a test eliminated before a restart (stored in the experiments table),
+        so a decision made on earlier feedback is not undone by a new process."""
+        kept = frozenset(a for a in eliminated if a in self.cfg.arms)
+        if self.cfg.auto_shift and kept and len(kept) < len(self.arms):
+            self.eliminated = kept
+            self._set_weights(shifted_weights(self.cfg.arms, kept, self.cfg.min_exploration))
+
     def assign(self, user: str | None) -> str:
         """Pick an arm: sticky by user, random when the request names no user."""
         u = assign_point(self.name, user) if user is not None else random.random()

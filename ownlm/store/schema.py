@@ -78,6 +78,7 @@ class Experiment:
     weights: list[float]
     status: str = "running"  # "running" | "stopped"
     created_at: float = field(default_factory=time.time)
+    eliminated: list[str] | None = None  # arms the test showed worse (None: none yet)
 
 
 @dataclass

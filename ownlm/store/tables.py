@@ -95,6 +95,7 @@ experiments = Table(
     Column("weights", JSON, nullable=False),
     Column("status", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("eliminated", JSON),  # version 4: arms the test has shown worse, kept over restarts
 )
 
 model_versions = Table(
@@ -178,11 +179,22 @@ def _escalations_v3(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE deployments ADD COLUMN escalations JSON"))
 
 
+def _eliminated_v4(conn: Connection) -> None:
+    """Version 4: experiments keep the arms their test eliminated (decisions outlive a restart)."""
+    if not inspect(conn).has_table("experiments"):  # a version-1 file made by hand, say
+        metadata.create_all(conn, tables=[experiments])
+        return
+    have = {c["name"] for c in inspect(conn).get_columns("experiments")}
+    if "eliminated" not in have:  # a database created at version 4+ by create_all has it
+        conn.execute(text("ALTER TABLE experiments ADD COLUMN eliminated JSON"))
+
+
 # (version, step). Append new steps at the end; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _create_v1),
     (2, _registry_v2),
     (3, _escalations_v3),
+    (4, _eliminated_v4),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -338,10 +338,26 @@ class TraceStore:
     # -- experiments -------------------------------------------------------------------------
 
     def save_experiment(self, exp: Experiment) -> None:
-        """Insert or replace an experiment definition."""
+        """Insert or replace an experiment definition; the arms its test eliminated are kept
+        when the arms are the same (a restart, or the same deployment applied again)."""
+        ex = t.experiments
         with self.engine.begin() as conn:
-            conn.execute(t.experiments.delete().where(t.experiments.c.name == exp.name))
-            conn.execute(insert(t.experiments).values(**dataclasses.asdict(exp)))
+            old = conn.execute(select(ex.c.arms, ex.c.eliminated).where(ex.c.name == exp.name))
+            row = old.first()
+            if exp.eliminated is None and row is not None and list(row.arms) == list(exp.arms):
+                exp = dataclasses.replace(exp, eliminated=row.eliminated)
+            conn.execute(ex.delete().where(ex.c.name == exp.name))
+            conn.execute(insert(ex).values(**dataclasses.asdict(exp)))
+
+    def set_eliminated(self, name: str, arms: list[str]) -> None:
+        """Record the arms an experiment's test has eliminated."""
+        ex = t.experiments
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(ex).where(ex.c.name == name).values(eliminated=sorted(arms)))
+        except SQLAlchemyError as err:
+            why = store_failure(err)
+            raise StoreError(f"cannot record the decision of {name!r}: {why}") from err
 
     def list_experiments(self) -> list[Experiment]:
         """All experiments, by name."""
