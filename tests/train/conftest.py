@@ -156,3 +156,63 @@ def check_outputs_load() -> Callable[[Path, Path, Path], None]:
         assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
 
     return check
+
+
+KILL_SCRIPT = """
+import time, torch
+torch.set_num_threads(1)  # as the one_thread fixture: sums in the same order as the parent's
+from ownlm.train import {module} as recipe
+real_step = recipe.optimizer_step
+
+def slow_step(*args, **kw):
+    time.sleep(0.4)  # the kill lands here: gradients computed, not yet applied
+    return real_step(*args, **kw)
+
+recipe.optimizer_step = slow_step
+cfg = recipe.{config}.model_validate_json({cfg!r})
+recipe.{train}(cfg)
+"""
+
+
+@pytest.fixture
+def check_kill9_resume(
+    run_values: Callable[[Path, str], list[float]],
+    run_records: Callable[[Path], list[dict[str, Any]]],
+) -> Callable[..., Any]:
+    """check(module_name, train, killed_cfg, straight_cfg, keys) for a 4-step run that saves every
+    step: a real process running it is killed with SIGKILL in the middle of step 3 (after its
+    backward, before its optimizer step); the run resumed here from step 2 must log the same
+    `keys` as an uninterrupted one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def check(module: str, train: Any, killed_cfg: Any, straight_cfg: Any, keys: list[str]) -> Any:
+        run = Path(killed_cfg.run_dir)
+        script = KILL_SCRIPT.format(
+            module=module, config=type(killed_cfg).__name__, train=train.__name__,
+            cfg=killed_cfg.model_dump_json(),
+        )  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-c", script])
+        deadline = time.monotonic() + 180
+        while not (run / "step_2" / "meta.json").exists():
+            assert proc.poll() is None, "the run to be killed exited early"
+            assert time.monotonic() < deadline, "no step_2 checkpoint within 180 s"
+            time.sleep(0.05)
+        time.sleep(0.2)  # inside step 3's slowed optimizer step
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        assert not (run / "step_3").exists() and not (run / "final").exists()
+        resumed = train(killed_cfg)
+        train(straight_cfg)
+        assert resumed.resumed_from_step == 2
+        assert [r["step"] for r in run_records(run)] == [0, 1, 2, 3, 4]
+        straight = Path(straight_cfg.run_dir)
+        for key in keys:
+            assert run_values(run, key) == pytest.approx(run_values(straight, key), abs=1e-6), key
+        return resumed
+
+    return check

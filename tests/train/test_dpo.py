@@ -103,6 +103,18 @@ def test_resume_after_crash_equals_uninterrupted(
     )  # fmt: skip
 
 
+def test_kill9_mid_step_then_resume_equals_uninterrupted(
+    tiny_dir: Path, tmp_path: Path, check_kill9_resume: Any
+) -> None:
+    over: dict[str, Any] = {"max_steps": 4, "lora": None}
+    check_kill9_resume(
+        "dpo", train_dpo,
+        _config(tiny_dir, tmp_path / "killed", **over),
+        _config(tiny_dir, tmp_path / "straight", **over),
+        ["train/loss", "train/grad_norm", "eval/reward_margin"],
+    )  # fmt: skip
+
+
 def test_outputs_load_with_transformers_and_peft(
     tiny_dir: Path, tmp_path: Path, check_outputs_load: Callable[[Path, Path, Path], None]
 ) -> None:

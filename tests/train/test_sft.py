@@ -100,6 +100,18 @@ def test_resume_after_crash_equals_uninterrupted(
     )  # fmt: skip
 
 
+def test_kill9_mid_step_then_resume_equals_uninterrupted(
+    tiny_dir: Path, tmp_path: Path, check_kill9_resume: Any
+) -> None:
+    over: dict[str, Any] = {"max_steps": 4, "lora": None}
+    check_kill9_resume(
+        "sft", train_sft,
+        _config(tiny_dir, tmp_path / "killed", **over),
+        _config(tiny_dir, tmp_path / "straight", **over),
+        ["train/loss", "train/grad_norm", "eval/loss"],
+    )  # fmt: skip
+
+
 def test_resume_with_a_different_seed_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
     train_sft(_config(tiny_dir, tmp_path / "run", max_steps=1))
     with pytest.raises(ConfigError, match="seed=0 but the config now says seed=1"):
