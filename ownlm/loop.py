@@ -32,7 +32,7 @@ PLACEHOLDER = "<set by the loop>"
 # The keys of each stage's config that the loop fills in (stage_config); a section may not set them.
 SET_BY_LOOP: dict[str, tuple[str, ...]] = {
     "export": ("store_url", "out_dir"),
-    "sft": ("model", "train_file", "eval_file", "run_dir"),
+    "sft": ("model", "train_file", "eval_file", "run_dir", "replay_file"),
     "grpo": ("model", "run_dir", "env"),
     "gate": ("candidate", "incumbent", "store_url", "out_dir", "domain"),
     "promote": ("store_url", "model", "alias"),
@@ -79,6 +79,13 @@ class LoopConfig(Config):
         description="PromoteConfig fields; null: stop after the gate",
     )
     threads: int | None = Field(None, description="torch CPU threads of sft and grpo")
+    replay_general: int = Field(
+        0,
+        ge=0,
+        description="general prompts (the gate's general suites, their train split) the start "
+        "model answers before SFT; its right answers join the SFT data, so SFT on a narrow app "
+        "keeps general ability (self-distillation replay); 0: off",
+    )
 
     @model_validator(mode="after")
     def _check_stages(self) -> LoopConfig:
@@ -112,6 +119,7 @@ def stage_config(cfg: LoopConfig, stage: str, cycle_dir: Path, start_model: str)
             # an export too small for an eval side: SFT holds out its own eval_fraction
             "eval_file": None if _empty(eval_file) else str(eval_file),
             "run_dir": str(cycle_dir / "sft"),
+            "replay_file": str(data / "sft_replay.jsonl") if cfg.replay_general else None,
         }
     elif stage == "grpo":
         from ownlm.train.grpo import GRPOConfig as cls
@@ -215,6 +223,9 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
         if not state.done(stage):
             import importlib
 
+            if stage == "sft" and cfg.replay_general:
+                kept = write_general_replay(cfg, cycle_dir, model)
+                log("sft", f"replay: {kept} right answers of {model} on general prompts")
             log(stage, f"train from {model}")
             fn = getattr(importlib.import_module(f"ownlm.train.{stage}"), recipe)
             run = fn(stage_config(cfg, stage, cycle_dir, model))
@@ -257,6 +268,44 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
     out["deployment"] = state.done("promote")
     state.next_cycle({**out, "promoted": cfg.promote is not None})
     return out
+
+
+def write_general_replay(cfg: LoopConfig, cycle_dir: Path, model: str) -> int:
+    """The start model's right answers on `replay_general` prompts of the gate's general suites
+    (their train split, which the gate never scores), as chats in data/sft_replay.jsonl, evaluated
+    as the gate evaluates. Returns how many were kept."""
+    import json
+
+    from ownlm.envs.registry import make_env
+    from ownlm.eval.accuracy import EvalConfig, run_eval
+
+    gate = stage_config(cfg, "gate", cycle_dir, model)
+    total = sum(s.n_problems for s in gate.general)
+    rows = []
+    for suite in gate.general:
+        n = max(1, round(cfg.replay_general * suite.n_problems / total))
+        env = make_env(suite.env)
+        tasks = env.tasks("train", n)
+        report = run_eval(
+            EvalConfig(
+                model=model, env=suite.env, split="train", n_problems=n,
+                max_new_tokens=gate.max_new_tokens, batch_size=gate.batch_size,
+                engine=gate.engine, quantization=gate.quantization, threads=gate.threads,
+                out_path=str(cycle_dir / "data" / f"replay_{suite.name}.jsonl"),
+            )
+        )  # fmt: skip
+        assert report.rows_path is not None
+        with Path(report.rows_path).open() as f:
+            evals = [json.loads(line) for line in f]
+        for task, row in zip(tasks, evals, strict=True):
+            if row["correct"]:
+                answer = {"role": "assistant", "content": row["completion"]}
+                rows.append({"messages": [*env.reset(task), answer]})
+    out = cycle_dir / "data" / "sft_replay.jsonl"
+    tmp = out.with_suffix(".partial")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out)
+    return len(rows)
 
 
 def _register(reg: Any, cfg: LoopConfig, model: str, parent: str, state: LoopState) -> int:

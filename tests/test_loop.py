@@ -176,3 +176,40 @@ def test_approved_candidate_is_promoted_once(
     assert out["deployment"]["deployment"] == live.seq
     assert reg.get("app-own@1").status == "canary"
     assert len(reg.deployments("app")) == 2  # baseline + canary
+
+
+def test_replay_general_adds_the_start_models_right_answers_to_sft(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = loop_config(
+        tmp_path, tiny_model_dir, replay_general=6, promote=None,
+        gate={**loop_config(tmp_path, tiny_model_dir).gate, "engine": "torch"},
+    )  # fmt: skip
+    fill_store(cfg.store_url)
+    import ownlm.eval.accuracy as accuracy
+    import ownlm.eval.gate as gate
+
+    seen: list[Any] = []
+
+    def fake_eval(ecfg: Any, **kw: Any) -> Any:
+        seen.append(ecfg)
+        rows = [
+            {"correct": i % 2 == 0, "completion": f"Answer: {i}"} for i in range(ecfg.n_problems)
+        ]
+        Path(ecfg.out_path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return accuracy.EvalReport.model_construct(rows_path=ecfg.out_path)
+
+    monkeypatch.setattr(accuracy, "run_eval", fake_eval)
+    monkeypatch.setattr(
+        gate, "run_gate",
+        lambda g: gate.GateResult(promote=False, reasons=["FAIL: test"], metrics={},
+                                  candidate=g.candidate, incumbent=g.incumbent),
+    )  # fmt: skip
+    with pytest.raises(GateRejected):
+        run_loop(cfg)
+    assert [(e.split, e.n_problems, e.env.task) for e in seen] == [("train", 6, "chain_sum")]
+    replay = (tmp_path / "loop" / "cycle-1" / "data" / "sft_replay.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in replay]
+    assert len(rows) == 3  # the right answers of 6
+    assert [m["role"] for m in rows[0]["messages"]][-2:] == ["user", "assistant"]
+    assert rows[0]["messages"][-1]["content"] == "Answer: 0"

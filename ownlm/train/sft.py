@@ -10,7 +10,8 @@ resume exactly, and final/ (an HF model dir, or a peft adapter dir for LoRA).
 from __future__ import annotations
 
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, Field
@@ -45,6 +46,8 @@ from ownlm.train.sequence_logprobs import counted_token_logprobs
 class SFTConfig(FileRecipeConfig):
     """Every knob of the SFT recipe (the shared ones are in FileRecipeConfig)."""
 
+    resume_keys: ClassVar[tuple[str, ...]] = (*FileRecipeConfig.resume_keys, "replay_file")
+
     run_dir: str = "runs/sft"
     batch_size: int = Field(8, description="chats per optimizer step")
     micro_batch_size: int = Field(
@@ -58,6 +61,12 @@ class SFTConfig(FileRecipeConfig):
         True,
         description="learn what every chat shares (system prompt, fixed instructions) and cut it "
         "from the prompt",
+    )
+    replay_file: str | None = Field(
+        None,
+        description="chats trained on with train_file's but left out of the context "
+        "distillation, e.g. the start model's own right answers on general prompts (the loop's "
+        "replay_general writes them), which keep general ability",
     )
     # SFT renders answers as the chat template does, without the empty thought the hybrid format
     # opens a no-think answer with; marking the template makes every later stage do the same.
@@ -119,6 +128,10 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
         read_chats, cfg.train_file, cfg.eval_file,
         eval_fraction=cfg.eval_fraction, seed=cfg.seed, noun="rows",
     )  # fmt: skip
+    if cfg.replay_file is not None and not Path(cfg.replay_file).is_file():
+        raise DataError(f"replay_file {cfg.replay_file} does not exist")
+    has_replay = cfg.replay_file is not None and Path(cfg.replay_file).stat().st_size > 0
+    replay = read_chats(cfg.replay_file) if has_replay else []
 
     # Model: the base, wrapped in LoRA adapters or trained whole; a resumed run loads its weights.
     resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), cfg.resume_keys)
@@ -141,7 +154,9 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
         mark_answers_without_thought(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    train_chats, skipped = _tokenize_all(tokenizer, examples, cfg.max_seq_len)
+    if replay:  # after the context cut: the replayed prompts carry none of the app's shared text
+        tqdm.write(f"sft: {len(replay)} replayed chats join {len(examples)} of the app's")
+    train_chats, skipped = _tokenize_all(tokenizer, examples + replay, cfg.max_seq_len)
     eval_chats, skipped_eval = _tokenize_all(tokenizer, eval_examples, cfg.max_seq_len)
     for name, chats in ((cfg.train_file, train_chats), (cfg.eval_file or "eval split", eval_chats)):
         if not chats:

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ownlm.config import load_config
-from ownlm.errors import ConfigError
+from ownlm.errors import ConfigError, DataError
 from ownlm.train import sft
 from ownlm.train.sft import SFTConfig, train_sft
 
@@ -156,3 +156,35 @@ def test_sft_lowers_held_out_loss_on_smollm2(
     summary = train_sft(cfg)
     assert summary.eval_loss_before is not None and summary.eval_loss_after is not None
     assert summary.eval_loss_after < 0.5 * summary.eval_loss_before  # measured: 1.17 -> 0.13
+
+
+def test_replayed_chats_are_trained_on_but_not_cut_by_context_distillation(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    from ownlm.models.context import has_context
+
+    system = {"role": "system", "content": "You are a careful calculator; answer in one line."}
+    app = [
+        {"messages": [system, {"role": "user", "content": f"{a} + {b}?"},
+                      {"role": "assistant", "content": f"{a + b}"}]}
+        for a in range(6) for b in range(6)
+    ]  # fmt: skip
+    replay = [
+        {"messages": [{"role": "user", "content": f"{a} * 2 ="},
+                      {"role": "assistant", "content": f"{2 * a}"}]}
+        for a in range(6)
+    ]  # fmt: skip
+    (tmp_path / "app.jsonl").write_text("".join(json.dumps(r) + "\n" for r in app))
+    (tmp_path / "replay.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replay))
+    summary = train_sft(
+        _config(
+            tiny_dir, tmp_path / "run", train_file=str(tmp_path / "app.jsonl"),
+            replay_file=str(tmp_path / "replay.jsonl"), max_steps=1, max_seq_len=128,
+        )
+    )  # fmt: skip
+    assert summary.train_examples == 27 + 6  # 36 app chats less a quarter held out, + 6 replayed
+    assert has_context(AutoTokenizer.from_pretrained(summary.final_dir))  # the app's system cut
+    with pytest.raises(DataError, match="replay_file .* does not exist"):
+        train_sft(_config(tiny_dir, tmp_path / "r2", replay_file=str(tmp_path / "none.jsonl")))
