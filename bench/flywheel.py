@@ -5,7 +5,10 @@
         --task word_sequence_reversal --task aiw --set baseline_requests=400
 
 `--task NAME:{...}` gives that task's generator settings (`task_kwargs`, YAML); without them the
-generator's own defaults are used. Every other setting is the same for every task.
+generator's own defaults are used. Every other setting is the same for every task: the demo's,
+plus `loop.replay_general=400` (the start model's right answers on 400 general prompts join the
+SFT data: without it, full fine-tuning on a narrow task forgot the gate's general arithmetic and
+the gate refused it; docs/flywheel.md has both runs). `--set loop.replay_general=0` turns it off.
 
 Each task runs `ownlm demo` (examples/flywheel_demo.yaml, no per-task tuning beyond config) in
 runs/flywheel-<task>/: the app's traffic on the paid-API stand-in (the scripted solver for
@@ -50,7 +53,10 @@ def parse_task(spec: str) -> tuple[str, dict[str, Any] | None]:
 
 def run_task(config: str, spec: str, overrides: list[str]) -> dict[str, Any]:
     task, kwargs = parse_task(spec)
-    sets = [f"task={task}", f"work_dir=runs/flywheel-{task}", "alias=app", *overrides]
+    sets = [
+        f"task={task}", f"work_dir=runs/flywheel-{task}", "alias=app",
+        "loop.replay_general=400", *overrides,
+    ]  # fmt: skip
     if kwargs is not None:
         sets.append(f"task_kwargs={json.dumps(kwargs)}")
     return run_demo(load_config(DemoConfig, config, sets))
