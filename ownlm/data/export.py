@@ -54,7 +54,7 @@ from ownlm.data.redact import RedactConfig, Redactions, redact_pii
 from ownlm.data.split import assign_sides, group_key
 from ownlm.errors import DataError, StoreError
 from ownlm.store.schema import Feedback, Trace
-from ownlm.store.trace_store import TraceStore
+from ownlm.store.trace_store import TraceStore, sqlite_path
 
 Kind = Literal["sft", "pairs", "rl"]
 # Keys whose string values are structure, not text a user wrote: never redacted (a tool call
@@ -173,8 +173,8 @@ def public_url(url: str) -> str:
 
 def _open_store(url: str) -> TraceStore:
     # An export only reads: a mistyped SQLite path must not create an empty store.
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url[len("sqlite:///") :])
+    path = sqlite_path(url)
+    if path is not None:
         if not path.is_file():
             raise StoreError(
                 f"no store file at {path} (store_url {url!r}); pass the database the gateway "

@@ -54,7 +54,7 @@ from ownlm.models.llama_cpp import answer_confidence
 from ownlm.router.policy import Decision, Router, RouteRequest
 from ownlm.store.registry import Registry
 from ownlm.store.spill import Spill
-from ownlm.store.trace_store import TraceStore, UnknownTraceError
+from ownlm.store.trace_store import TraceStore, UnknownTraceError, sqlite_path
 from ownlm.store.writer import TraceWriter
 
 log = logging.getLogger("ownlm.gateway")
@@ -188,16 +188,7 @@ class Gateway:
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
 
-        error, status = None, 200
-        try:
-            stopped = await relay(reply, forward_chunk, receive, self.cfg.stream_deadline_s)
-        except UpstreamUnavailable as err:
-            error = err.message
-        else:
-            if stopped is not None:
-                status, error = stopped
-        finally:
-            await reply.aclose()
+        status, error = await self.relay_upstream(reply, forward_chunk, receive)
         if hide_usage is not None and (rest := hide_usage.flush()):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -219,9 +210,10 @@ class Gateway:
         decision = Decision(routed.variant, "embeddings: " + routed.reason)
         trace = PendingTrace(t0, "embeddings", alias, body, decision, key_id, user, session)
         trace.tags, trace.metadata = tags, metadata
-        trace.reserved_usd = self.keys.reserve(
-            key_id, self.worst_case_usd(decision.variant, len(text.encode()) + 8, 0)
-        )
+        if self.keys.has_budget(key_id):
+            trace.reserved_usd = self.keys.reserve(
+                key_id, self.worst_case_usd(decision.variant, len(text.encode()) + 8, 0)
+            )
         tid = [(b"x-ownlm-trace-id", trace.trace_id.encode())]
         entry = self.cfg.models[decision.variant]
         self.set_target(trace, decision.variant)
@@ -280,9 +272,9 @@ class Gateway:
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /health: liveness, the trace writer's counters and the own-model engines."""
         w = self.writer
-        stats: dict[str, Any] = dict.fromkeys(
-            ("queued", "written", "dropped", "failed", "quarantined"), 0
-        )
+        stats: dict[str, Any] = {
+            "queued": 0, "written": 0, "dropped": 0, "failed": 0, "quarantined": 0
+        }  # fmt: skip
         if w is not None:
             stats = {"queued": w.queued, "written": w.written}
             stats.update(dropped=w.dropped, failed=w.failed, quarantined=w.quarantined)
@@ -371,15 +363,16 @@ class Gateway:
         decision = await self.decide(req)
         trace = PendingTrace(t0, endpoint, alias, body, decision, key_id, user, session)
         trace.tags, trace.metadata = tags, metadata
-        prompt_bound = len(text.encode()) + 32 * len(messages)
-        if body.get("tools"):
-            prompt_bound += len(orjson.dumps(body["tools"]))
-        out = body.get("max_tokens") or body.get("max_completion_tokens")
-        out = out or body.get("max_output_tokens") or self.cfg.budget_default_output_tokens
-        n = body.get("n") or 1
-        trace.reserved_usd = self.keys.reserve(
-            key_id, self.worst_case_usd(decision.variant, prompt_bound, out * n)
-        )
+        if self.keys.has_budget(key_id):  # the bound is priced only for keys that need it
+            prompt_bound = len(text.encode()) + 32 * len(messages)
+            if body.get("tools"):
+                prompt_bound += len(orjson.dumps(body["tools"]))
+            out = body.get("max_tokens") or body.get("max_completion_tokens")
+            out = out or body.get("max_output_tokens") or self.cfg.budget_default_output_tokens
+            n = body.get("n") or 1
+            trace.reserved_usd = self.keys.reserve(
+                key_id, self.worst_case_usd(decision.variant, prompt_bound, out * n)
+            )
         return trace
 
     def worst_case_usd(self, variant: str, prompt_tokens: int, output_tokens: int) -> float:
@@ -418,6 +411,19 @@ class Gateway:
             self.record(trace)
             await send_error(send, WireError(err.status, err.message, type_="upstream_error"), tid)
             return None
+
+    async def relay_upstream(
+        self, reply: UpstreamStream, forward: Any, receive: Receive
+    ) -> tuple[int, str | None]:
+        """Stream the upstream's chunks to `forward` (asgi.relay: stops when the client leaves or
+        at stream_deadline_s), then close it; the trace's status and error."""
+        try:
+            stopped = await relay(reply, forward, receive, self.cfg.stream_deadline_s)
+        except UpstreamUnavailable as err:
+            return 200, err.message
+        finally:
+            await reply.aclose()
+        return stopped if stopped is not None else (200, None)
 
     async def call_upstream(
         self, variant: str, body: dict[str, Any], stream: bool, trace: PendingTrace
@@ -593,7 +599,5 @@ def spill_path(cfg: GatewayConfig) -> str:
     """Where the writer spills traces: the config's path, else beside a SQLite store's file."""
     if cfg.spill_path:
         return cfg.spill_path
-    url = cfg.store_url
-    if url.startswith("sqlite:///") and ":memory:" not in url and len(url) > len("sqlite:///"):
-        return url[len("sqlite:///") :] + ".spill.jsonl"
-    return "ownlm-spill.jsonl"
+    db = sqlite_path(cfg.store_url)
+    return f"{db}.spill.jsonl" if db is not None and db.name else "ownlm-spill.jsonl"

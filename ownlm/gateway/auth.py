@@ -65,6 +65,11 @@ class KeyRing:
         if state is not None:
             state.key.disabled = True
 
+    def has_budget(self, key_id: str | None) -> bool:
+        """True when the key has a budget (its requests reserve their worst case)."""
+        state = self._by_id.get(key_id) if key_id is not None else None
+        return state is not None and state.key.budget_usd is not None
+
     def reserve(self, key_id: str | None, usd: float) -> float:
         """Hold `usd` (a request's worst-case cost) against the key's budget and return what is
         held (0 for a key without a budget); a 429 when the budget is spent or held."""

@@ -84,11 +84,6 @@ class GuardedHttpTools(HttpToolsProtocol):
         if not self._refused:
             super().on_message_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # the next request's head starts now (uvicorn's keep-alive timer closes an idle one)
-        self._head_bytes = 0
-
     def _start_head_clock(self) -> None:
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ownlm.gateway.asgi import Receive, Scope, Send, read_body, relay, send_bytes, send_error
+from ownlm.gateway.asgi import Receive, Scope, Send, read_body, send_bytes, send_error
 from ownlm.gateway.responses_stream import ResponseEvents, completion_chunk
 from ownlm.gateway.responses_wire import (
     chat_request,
@@ -34,7 +34,7 @@ from ownlm.gateway.responses_wire import (
     input_messages,
     response_from_chat,
 )
-from ownlm.gateway.upstream import UpstreamResponse, UpstreamUnavailable
+from ownlm.gateway.upstream import UpstreamResponse
 from ownlm.gateway.wire import WireError
 
 if TYPE_CHECKING:
@@ -123,15 +123,7 @@ class ResponsesAPI:
                 if out := events.feed(chunk):
                     await send({"type": "http.response.body", "body": out, "more_body": True})
 
-            try:
-                stopped = await relay(reply, forward_chunk, receive, gw.cfg.stream_deadline_s)
-            except UpstreamUnavailable as err:
-                error = err.message
-            else:
-                if stopped is not None:
-                    status, error = stopped
-            finally:
-                await reply.aclose()
+            status, error = await gw.relay_upstream(reply, forward_chunk, receive)
         last = events.finish(error)
         if events.response["status"] != "failed":
             self.keep(rid, key_id, body, events.response)
