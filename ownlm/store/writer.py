@@ -233,6 +233,9 @@ class TraceWriter:
             self.spill.max_bytes,
         )  # fmt: skip
 
+    def _write_skipping_existing(self, rows: list[Trace]) -> None:
+        self.store.write_traces(rows, skip_existing=True)
+
     def _replay_due(self) -> bool:
         return time.monotonic() >= self._next_replay_s
 
@@ -244,21 +247,13 @@ class TraceWriter:
         for i in range(0, len(rows), self.max_batch):
             chunk = rows[i : i + self.max_batch]
             try:
-                self.store.write_traces(chunk, skip_existing=True)
+                self._write_skipping_existing(chunk)
             except SQLAlchemyError as err:
-                if not is_row_error(err):
+                if is_row_error(err):  # a row the store refuses for its data: quarantine it
+                    _, _, err = self._isolate(chunk, self._write_skipping_existing)
+                if err is not None:
                     self._store_failed(err)
                     return False
-                for row in chunk:  # a row the store refuses for its data: quarantine it
-                    try:
-                        self.store.write_traces([row], skip_existing=True)
-                    except SQLAlchemyError as one:
-                        if not is_row_error(one):
-                            self._store_failed(one)
-                            return False
-                        self.quarantined += 1
-                        why = _first_line(one)
-                        log.error("spilled trace %s quarantined: %s", row.trace_id, why)
         self.spill.clear()
         self.store_error = None
         log.warning("replayed %d spilled traces into the store", len(rows))
@@ -270,15 +265,24 @@ class TraceWriter:
 
     def _insert_one_by_one(self, rows: list[Trace]) -> None:
         """Write each row in its own transaction after the batch was refused for its data."""
+        good, stopped_at, _ = self._isolate(rows, self.store.write_traces)
+        self._count_written(good)
+        if stopped_at is not None:  # the store failed mid-way: retry the rest whole
+            self._insert_with_retry(rows[stopped_at:], isolate=False)
+
+    def _isolate(
+        self, rows: list[Trace], write: Callable[[list[Trace]], None]
+    ) -> tuple[list[Trace], int | None, SQLAlchemyError | None]:
+        """Write rows one by one, quarantining (logged, counted) each the store refuses for its
+        data. Returns the rows written, and the index and error of the first row the store
+        failed for another reason (None, None when it took them all)."""
         good: list[Trace] = []
         for i, row in enumerate(rows):
             try:
-                self.store.write_traces([row])
+                write([row])
             except SQLAlchemyError as err:
-                if not is_row_error(err):  # the store failed mid-way: retry the rest whole
-                    self._count_written(good)
-                    self._insert_with_retry(rows[i:], isolate=False)
-                    return
+                if not is_row_error(err):
+                    return good, i, err
                 self.quarantined += 1
                 log.error(
                     "trace %s (alias %r, key %s) quarantined, not stored: the store refused "
@@ -290,7 +294,7 @@ class TraceWriter:
                 )
                 continue
             good.append(row)
-        self._count_written(good)
+        return good, None, None
 
     def _count_written(self, rows: list[Trace]) -> None:
         self.written += len(rows)
