@@ -310,7 +310,7 @@ def _story(
 def _wait_until_served(gateway: Any, alias: str, seq: int, timeout_s: float = 300.0) -> None:
     """Wait until the gateway has loaded the canary and routes by deployment `seq`."""
     deadline = time.monotonic() + timeout_s
-    while gateway.deployed.get(alias) != seq:
+    while gateway.served.deployed.get(alias) != seq:
         if time.monotonic() > deadline:
             raise OwnlmError(f"the gateway did not pick up deployment #{seq} in {timeout_s:.0f} s")
         time.sleep(0.2)

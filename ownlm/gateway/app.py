@@ -3,13 +3,23 @@
 Each endpoint: parse the body → authenticate → router.decide → call upstream (retries, then
 fallbacks) → stream or return → record(trace). Recording only queues the trace; parsing the
 reply, counting tokens and cost, and the insert happen in the store's writer thread.
+
+What the gateway serves (config, router, aliases, deployments) is one immutable `Served`
+snapshot, replaced whole by one assignment when a deployment changes (`Gateway.serve`). A
+request reads the snapshot it started under from its first line to its last (a context
+variable set per request), so a swap mid-request cannot pair one router's decision with
+another config's models.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -83,18 +93,34 @@ def build_upstream(name: str, up: UpstreamConfig) -> UpstreamClient:
     return LocalModelUpstream(name, up)
 
 
+@dataclass(frozen=True)
+class Served:
+    """What the gateway serves now; never changed, only replaced whole (`Gateway.serve`)."""
+
+    cfg: GatewayConfig  # with the own models deployments added
+    router: Router
+    live_deployments: Mapping[str, Any] = field(default_factory=dict)  # alias -> Deployment
+
+    @functools.cached_property
+    def aliases(self) -> list[str]:
+        """The names clients may send."""
+        return sorted(set(self.cfg.models) | set(self.cfg.router.routes))
+
+    @property
+    def deployed(self) -> dict[str, int]:
+        """alias -> seq of the deployment applied."""
+        return {a: d.seq for a, d in self.live_deployments.items()}
+
+
 class Gateway:
     """The ASGI app. Endpoints are methods so they share the config, store and key ring."""
 
     def __init__(self, cfg: GatewayConfig, upstreams: dict[str, UpstreamClient] | None = None):
-        self.cfg = cfg
-        self.router = Router(cfg.router, known_variants=list(cfg.models))
+        self._served = Served(cfg, Router(cfg.router, known_variants=list(cfg.models)))
+        self._request_served: contextvars.ContextVar[Served] = contextvars.ContextVar("served")
         self.base_router = cfg.router  # deployments replace routes of this config
-        self.deployed: dict[str, int] = {}  # alias -> seq of the deployment applied
-        self.live_deployments: dict[str, Any] = {}
         self.canaries_decided: set[int] = set()
         self.decided: dict[str, frozenset[str]] = {}  # experiment -> eliminated arms, as stored
-        self.aliases = sorted(set(cfg.models) | set(cfg.router.routes))
         self.upstreams = upstreams if upstreams is not None else build_upstreams(cfg)
         self.keys = KeyRing(admin.admin_sha256(cfg), cfg.max_authorization_bytes)
         self.cache = ReplyCache(cfg.cache_max_entries, cfg.cache_ttl_s)
@@ -113,12 +139,46 @@ class Gateway:
             **responses.routes(self),
         }
 
+    # -- what is served ---------------------------------------------------------------------
+
+    @property
+    def served(self) -> Served:
+        """The snapshot this request started under; outside a request, the current one."""
+        return self._request_served.get(self._served)
+
+    def serve(self, served: Served) -> None:
+        """Serve this snapshot from now on (requests in flight finish on theirs)."""
+        self._served = served
+
+    @property
+    def cfg(self) -> GatewayConfig:
+        return self.served.cfg
+
+    @property
+    def router(self) -> Router:
+        return self.served.router
+
+    @property
+    def aliases(self) -> list[str]:
+        return self.served.aliases
+
+    @property
+    def live_deployments(self) -> Mapping[str, Any]:
+        return self.served.live_deployments
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
+        token = self._request_served.set(self._served)
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            self._request_served.reset(token)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         handler, path_id = find_route(self.routes, method, path)
         if path_id:
@@ -517,7 +577,9 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the store, start the writer, load keys, connect upstreams, start refreshers."""
-        self.store = await asyncio.to_thread(TraceStore, self.cfg.store_url)
+        self.store = await asyncio.to_thread(
+            TraceStore, self.cfg.store_url, self.cfg.store_timeout_s
+        )
         spill = None
         if self.cfg.spill_max_bytes:
             spill = Spill(spill_path(self.cfg), self.cfg.spill_max_bytes)
@@ -528,6 +590,7 @@ class Gateway:
             max_queue=self.cfg.max_queue,
             on_built=self._settle,
             spill=spill,
+            timeout_s=self.cfg.store_timeout_s,
         )
         await asyncio.to_thread(admin.load_keys, self)
         await asyncio.to_thread(admin.record_experiments, self)

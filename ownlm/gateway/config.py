@@ -118,6 +118,12 @@ class GatewayConfig(Config):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8400, ge=0, le=65535, description="port to listen on")
     store_url: str = Field("sqlite:///ownlm.db", description="where traces and feedback go")
+    store_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="a store call that takes longer counts as failed: traces go to the spill, "
+        "feedback gets a 503 (PostgreSQL also cancels the statement)",
+    )
     upstreams: dict[str, UpstreamConfig] = Field(
         default_factory=dict, description="servers that answer, by name"
     )

@@ -3,9 +3,9 @@
 Every `deploy_refresh_s` the gateway reads the newest deployment per alias (ownlm/router/deploy.py
 writes them: `ownlm promote`, `ownlm rollback`, the loop). When one changed, it loads the own
 models it names (in-process local upstreams, loaded off the event loop while the old routing keeps
-serving), then swaps in a new config and router in one assignment each. After each arm-stats
-refresh it acts on canary tests: a canary shown worse is rolled back, one shown better is marked
-promoted in the registry.
+serving), then serves a new snapshot (config, router, deployments) in one assignment. After
+each arm-stats refresh it acts on canary tests: a canary shown worse is rolled back, one shown
+better is marked promoted in the registry.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ STALE_CLOSE_S = 30.0  # an engine no deployment serves is closed this long after
 async def follow_deployments_once(gw: Gateway) -> None:
     """Apply the deployment log if it changed (run forever by `background.run_forever`)."""
     live = await asyncio.to_thread(gw.stored_deployments)
-    if {a: d.seq for a, d in live.items()} != gw.deployed:
+    if {a: d.seq for a, d in live.items()} != gw.served.deployed:
         await apply_deployments(gw, live)
 
 
 async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
     """Load the models the deployments need, then swap config and router."""
-    from ownlm.gateway.app import build_upstream
+    from ownlm.gateway.app import Served, build_upstream
 
     # the configured upstreams and models, without the own models earlier deployments added
     upstreams = {n: u for n, u in gw.cfg.upstreams.items() if not n.startswith(OWN)}
@@ -83,15 +83,12 @@ async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
             )
             await asyncio.to_thread(gw.store.save_experiment, exp)
     await asyncio.to_thread(gw.restore_decisions, router)
-    gw.cfg, gw.router = cfg, router
-    gw.aliases = sorted(set(models) | set(router_cfg.routes))
-    gw.deployed = {a: d.seq for a, d in live.items()}
+    gw.serve(Served(cfg, router, live))
     stale = [n for n in gw.upstreams if n.startswith(OWN) and n not in upstreams]
     if stale:  # e.g. a rolled-back canary's engine: closed once requests in flight are done
         asyncio.get_running_loop().call_later(
             STALE_CLOSE_S, lambda: asyncio.ensure_future(_close(gw, stale))
         )
-    gw.live_deployments = live
     for dep in live.values():
         log.info("deployment #%s on %s: arms %s (%s)", dep.seq, dep.alias, dep.arms, dep.reason)
 

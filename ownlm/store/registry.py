@@ -17,12 +17,11 @@ import re
 import time
 
 from sqlalchemy import Connection, func, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from ownlm.errors import StoreError
 from ownlm.store import tables as t
 from ownlm.store.schema import VERSION_STATUSES, Deployment, GateDecision, ModelVersion
-from ownlm.store.trace_store import TraceStore
+from ownlm.store.trace_store import DatabaseFailure, TraceStore
 
 _REF = re.compile(r"^(?P<name>[^@\s]+)@(?P<version>\d+|latest|promoted)$")
 
@@ -136,7 +135,7 @@ class Registry:
                 seq = conn.execute(insert(t.deployments).values(**row)).inserted_primary_key[0]
                 if then_status is not None:
                     _set_status(conn, *then_status)
-        except SQLAlchemyError as err:
+        except DatabaseFailure as err:
             raise StoreError(f"cannot write the deployment of {dep.alias!r}: {err}") from err
         return dataclasses.replace(dep, seq=int(seq))
 

@@ -5,6 +5,15 @@ set-up) and `postgresql://user@host:port/db` (driven by psycopg 3). Every write 
 before it returns; on SQLite the connection runs with `synchronous=FULL`, so a committed write
 survives a crash of the process and of the machine. Writes of traces are batched by
 `ownlm.store.writer.TraceWriter`, which decides when a trace counts as stored.
+
+Every database error on the store's engine, from any method here or in the registry, becomes a
+`DatabaseFailure` in one place (the engine's `handle_error` hook, `_as_failure`): a StoreError
+whose message says what failed in plain words, never the SQL, its parameters or the host, and
+whose `row_error` tells a row the database refuses for its values from a database that is
+down, locked, full or slow. With `timeout_s` (the gateway's `store_timeout_s`) PostgreSQL cancels a
+statement or lock wait that runs longer and connecting gives up after it; SQLite waits that long
+for a lock (else 10 s). A server that hangs without answering at all (stopped, a dead link) is
+bounded by the caller: `ownlm.store.writer` runs its writes with a deadline.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 from ownlm.errors import StoreError
 from ownlm.store import tables as t
@@ -94,14 +104,27 @@ class UsageTotals:
     unvalued_failures: int = 0  # rated traces that did not succeed and gave no value
 
 
+class DatabaseFailure(StoreError):
+    """The database failed a statement or a connection; the message is `store_failure`'s."""
+
+    def __init__(self, reason: str, *, row_error: bool, detail: str) -> None:
+        super().__init__(reason)
+        self.row_error = row_error  # refused for the values: the same row fails again
+        self.detail = detail  # the driver's first line, for the operator's log
+
+
 class TraceStore:
     """The store's tables behind plain methods that take and return `schema` rows."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_s: float | None = None) -> None:
         self.url = url
+        self.timeout_s = timeout_s
         try:
             self.engine: Engine = create_engine(
-                engine_url(url), json_serializer=_json_dumps, json_deserializer=orjson.loads
+                engine_url(url),
+                json_serializer=_json_dumps,
+                json_deserializer=orjson.loads,
+                connect_args=_connect_args(url, timeout_s),
             )
         except (SQLAlchemyError, ImportError, ValueError) as err:
             raise StoreError(
@@ -109,14 +132,17 @@ class TraceStore:
                 "use sqlite:///path/to/ownlm.db or postgresql://user@host:port/dbname"
             ) from err
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            busy_ms = int((timeout_s or SQLITE_BUSY_S) * 1000)
+            event.listen(self.engine, "connect", lambda conn, _: _sqlite_pragmas(conn, busy_ms))
+        event.listen(self.engine, "handle_error", _as_failure)
         try:
             with self.engine.begin() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    # a migration may rewrite a big table: no statement timeout for it
+                    conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
                 self.version = t.migrate(conn, time.time())
-        except SQLAlchemyError as err:
-            raise StoreError(
-                f"cannot open the store at {url!r}: {err.__class__.__name__}: {err}"
-            ) from err
+        except DatabaseFailure as err:
+            raise StoreError(f"cannot open the store at {url!r}: {err.detail}") from err
 
     def close(self) -> None:
         """Release all connections."""
@@ -176,11 +202,8 @@ class TraceStore:
                         and_(tr.c.created_at == after[0], tr.c.trace_id > after[1]),
                     )
                 )
-            try:
-                with self.engine.connect() as conn:
-                    page = [Trace(**r._asdict()) for r in conn.execute(page_query)]
-            except SQLAlchemyError as err:
-                raise StoreError(f"cannot read traces from {self.url!r}: {err}") from err
+            with self.engine.connect() as conn:
+                page = [Trace(**r._asdict()) for r in conn.execute(page_query)]
             yield from page
             if len(page) < page_size:
                 return
@@ -267,11 +290,8 @@ class TraceStore:
             query = query.where(tr.c.created_at >= since)
         if until is not None:
             query = query.where(tr.c.created_at < until)
-        try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(query).all()
-        except SQLAlchemyError as err:
-            raise StoreError(f"cannot read usage totals: {err}") from err
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
         return [
             UsageTotals(
                 float(r[0]),
@@ -306,11 +326,8 @@ class TraceStore:
             query = query.where(tr.c.created_at >= since)
         if until is not None:
             query = query.where(tr.c.created_at < until)
-        try:
-            with self.engine.connect() as conn:
-                return [(v, a, float(ms)) for v, a, ms in conn.execute(query)]
-        except SQLAlchemyError as err:
-            raise StoreError(f"cannot read latencies: {err}") from err
+        with self.engine.connect() as conn:
+            return [(v, a, float(ms)) for v, a, ms in conn.execute(query)]
 
     # -- feedback ----------------------------------------------------------------------------
 
@@ -318,22 +335,17 @@ class TraceStore:
         """Commit one feedback row; when this returns, it is durable. The trace must exist and,
         with `made_by`, have been made by that key id (else it is reported as unknown, so a key
         cannot probe for other keys' traces)."""
-        try:
-            with self.engine.begin() as conn:
-                found = conn.execute(
-                    select(t.traces.c.key_id).where(t.traces.c.trace_id == fb.trace_id)
-                ).first()
-                if found is None or (made_by is not None and found.key_id != made_by):
-                    mine = " made with this API key" if made_by is not None else ""
-                    raise UnknownTraceError(
-                        f"no trace with id {fb.trace_id!r}{mine}; use the x-ownlm-trace-id "
-                        "header of a response from this gateway"
-                    )
-                conn.execute(insert(t.feedback).values(**dataclasses.asdict(fb)))
-        except SQLAlchemyError as err:
-            raise StoreError(
-                f"feedback for trace {fb.trace_id} not stored: {store_failure(err)}"
-            ) from err
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                select(t.traces.c.key_id).where(t.traces.c.trace_id == fb.trace_id)
+            ).first()
+            if found is None or (made_by is not None and found.key_id != made_by):
+                mine = " made with this API key" if made_by is not None else ""
+                raise UnknownTraceError(
+                    f"no trace with id {fb.trace_id!r}{mine}; use the x-ownlm-trace-id "
+                    "header of a response from this gateway"
+                )
+            conn.execute(insert(t.feedback).values(**dataclasses.asdict(fb)))
 
     def list_feedback(self, trace_id: str | None = None) -> list[Feedback]:
         """Feedback rows, oldest first, optionally for one trace."""
@@ -360,12 +372,8 @@ class TraceStore:
     def set_eliminated(self, name: str, arms: list[str]) -> None:
         """Record the arms an experiment's test has eliminated."""
         ex = t.experiments
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(update(ex).where(ex.c.name == name).values(eliminated=sorted(arms)))
-        except SQLAlchemyError as err:
-            why = store_failure(err)
-            raise StoreError(f"cannot record the decision of {name!r}: {why}") from err
+        with self.engine.begin() as conn:
+            conn.execute(update(ex).where(ex.c.name == name).values(eliminated=sorted(arms)))
 
     def list_experiments(self) -> list[Experiment]:
         """All experiments, by name."""
@@ -397,12 +405,9 @@ class TraceStore:
             .where(tr.c.experiment == experiment, tr.c.arm.is_not(None))
             .group_by(tr.c.arm)
         )
-        try:
-            with self.engine.connect() as conn:
-                counts = {arm: (int(n), float(c)) for arm, n, c in conn.execute(traced)}
-                feedback = {r[0]: r[1:] for r in conn.execute(rated)}
-        except SQLAlchemyError as err:
-            raise StoreError(f"cannot read arm stats of {experiment!r}: {err}") from err
+        with self.engine.connect() as conn:
+            counts = {arm: (int(n), float(c)) for arm, n, c in conn.execute(traced)}
+            feedback = {r[0]: r[1:] for r in conn.execute(rated)}
         out = []
         for arm in sorted(counts):
             n, cost = counts[arm]
@@ -421,7 +426,9 @@ class TraceStore:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(t.model_versions).values(**dataclasses.asdict(mv)))
-        except IntegrityError as err:
+        except DatabaseFailure as err:
+            if not err.row_error:
+                raise
             raise StoreError(
                 f"model version {mv.name} v{mv.version} is already registered; "
                 "register the next version number"
@@ -473,14 +480,17 @@ class TraceStore:
             return bool(res.rowcount)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+SQLITE_BUSY_S = 10.0
+
+
+def _sqlite_pragmas(dbapi_conn: Any, busy_ms: int) -> None:
     # WAL lets readers run beside the writer thread; FULL makes every commit durable (fsync of
     # the WAL), which the feedback acknowledgement relies on. busy_timeout: wait, don't fail,
     # when the trace writer and a feedback write meet.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute(f"PRAGMA busy_timeout={busy_ms}")
     cur.close()
 
 
@@ -497,6 +507,45 @@ _REASONS = (
     ("terminat", "the database cannot be reached"),
     ("shut", "the database cannot be reached"),
 )
+
+
+def _connect_args(url: str, timeout_s: float | None) -> dict[str, Any]:
+    """PostgreSQL: give up connecting after timeout_s; the server cancels a statement (or a
+    lock wait) that runs longer."""
+    if timeout_s is None or not engine_url(url).startswith("postgresql"):
+        return {}
+    ms = max(1, int(timeout_s * 1000))
+    return {
+        "connect_timeout": max(1, round(timeout_s)),
+        "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+    }
+
+
+def _as_failure(ctx: ExceptionContext) -> DatabaseFailure:
+    """The engine's handle_error hook: every database error becomes a DatabaseFailure."""
+    err = ctx.sqlalchemy_exception or ctx.original_exception
+    return database_failure(err)
+
+
+def database_failure(err: BaseException) -> DatabaseFailure:
+    """The DatabaseFailure that stands for a driver or SQLAlchemy error."""
+    return DatabaseFailure(store_failure(err), row_error=is_row_error(err), detail=first_line(err))
+
+
+def is_row_error(err: BaseException) -> bool:
+    """True when the database refused a statement for the values in it (too long, NUL, a
+    duplicate key, a value that cannot be encoded), not because it is unreachable or busy."""
+    if isinstance(err, DataError | IntegrityError):
+        return True
+    # StatementError but not DBAPIError: it failed while binding the values, before the database
+    return isinstance(err, StatementError) and not isinstance(err, DBAPIError)
+
+
+def first_line(err: BaseException) -> str:
+    """The driver's message without the SQL and parameters SQLAlchemy appends (may hold PII)."""
+    orig = getattr(err, "orig", None)
+    text = str(orig) if orig is not None else str(err)
+    return text.strip().split("\n", 1)[0][:300]
 
 
 def store_failure(err: BaseException) -> str:

@@ -17,7 +17,12 @@ inserts them in one transaction. This is the one place that decides when a write
   + fsync, bounded) and replayed in order once the store answers again (tried every
   `replay_interval_s`); while traces wait there, later batches join them so the order holds.
   `store_error` says what failed, without SQL or parameters, until a write succeeds. Without a
-  spill (or when it is full) such a batch is retried 5 times with backoff, then counted failed.
+  spill (or when it is full) such a batch is retried 5 times with backoff, then counted failed;
+- with `timeout_s`, a database that does not answer at all (a stopped server, a dead link: no
+  error ever comes) counts as failed after that long: writes go to the spill and feedback is
+  refused while the hung call is still out (one call at a time waits on a hung store, on a
+  daemon thread). A hung write may still commit when the database wakes; the replay skips
+  the traces it wrote.
 """
 
 from __future__ import annotations
@@ -27,16 +32,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
-
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+from typing import Any, Protocol, TypeVar
 
 from ownlm.errors import StoreError
 from ownlm.store.schema import Feedback, Trace
 from ownlm.store.spill import Spill
-from ownlm.store.trace_store import TraceStore, store_failure
+from ownlm.store.trace_store import DatabaseFailure, TraceStore
 
 log = logging.getLogger("ownlm.store")
+T = TypeVar("T")
 
 
 class TraceBuilder(Protocol):
@@ -45,6 +49,46 @@ class TraceBuilder(Protocol):
     trace_id: str
 
     def build(self) -> Trace: ...
+
+
+class Deadline:
+    """Runs store calls with a deadline on a daemon thread. While a call that ran past it is
+    still out (the database hangs), later calls fail at once instead of queueing behind it."""
+
+    def __init__(self, timeout_s: float | None, what: str) -> None:
+        self.timeout_s = timeout_s
+        self.what = what
+        self._stuck: threading.Thread | None = None
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.timeout_s is None:
+            return fn(*args)
+        stuck = self._stuck
+        if stuck is not None and stuck.is_alive():
+            raise self._hung()
+        out: list[Any] = []
+
+        def call() -> None:
+            try:
+                out.append((True, fn(*args)))
+            except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+                out.append((False, err))
+
+        worker = threading.Thread(target=call, name=f"ownlm-{self.what}", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive():
+            self._stuck = worker
+            log.warning("the store did not answer a %s in %.1f s", self.what, self.timeout_s)
+            raise self._hung()
+        ok, value = out[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _hung(self) -> DatabaseFailure:
+        reason = f"TimeoutError: the database did not answer in {self.timeout_s:g} s"
+        return DatabaseFailure(reason, row_error=False, detail=reason)
 
 
 class TraceWriter:
@@ -60,8 +104,12 @@ class TraceWriter:
         on_built: Callable[[Trace | TraceBuilder, Trace | None], None] | None = None,
         spill: Spill | None = None,
         replay_interval_s: float = 1.0,
+        timeout_s: float | None = None,
     ) -> None:
         self.store = store
+        self.timeout_s = timeout_s
+        self._writes = Deadline(timeout_s, "trace write")
+        self._feedback = Deadline(timeout_s, "feedback write")
         self.flush_interval_s = flush_interval_ms / 1000.0
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -125,11 +173,12 @@ class TraceWriter:
     def add_feedback(self, fb: Feedback, made_by: str | None = None) -> None:
         """Commit feedback synchronously (writing its trace first if still queued); with
         `made_by`, only on a trace made by that key id (`TraceStore.add_feedback`)."""
+        wait_s = 30.0 if self.timeout_s is None else self.timeout_s
         if fb.trace_id in self._pending:
-            self.flush()
+            self.flush(wait_s)
         if fb.trace_id in self._spilled_ids:
             self._next_replay_s = 0.0  # the writer replays at its next wake-up
-            self.flush()
+            self.flush(wait_s)
             with self._done:
                 self._done.wait_for(
                     lambda: fb.trace_id not in self._spilled_ids, timeout=self.feedback_wait_s
@@ -139,7 +188,11 @@ class TraceWriter:
                     f"the store is unavailable ({self.store_error}); trace {fb.trace_id} is kept "
                     "in the gateway's spill until it is back: retry the feedback then"
                 )
-        self.store.add_feedback(fb, made_by)
+        if fb.trace_id in self._pending:  # its write is slow or hung
+            raise StoreError(
+                f"the store did not take trace {fb.trace_id} in {wait_s:g} s; retry the feedback"
+            )
+        self._feedback.run(self.store.add_feedback, fb, made_by)
 
     def close(self) -> None:
         """Write everything queued, then stop the thread."""
@@ -194,9 +247,9 @@ class TraceWriter:
         attempts = 3 if self.spill is not None else 5
         for attempt in range(attempts):
             try:
-                self.store.write_traces(rows)
-            except SQLAlchemyError as err:
-                if is_row_error(err) and isolate:
+                self._write(rows)
+            except DatabaseFailure as err:
+                if err.row_error and isolate:
                     self._insert_one_by_one(rows)
                     return
                 self._store_failed(err)
@@ -212,11 +265,11 @@ class TraceWriter:
         self.failed += len(rows)
         log.error("lost %d traces after 5 failed writes to %s", len(rows), self.store.url)
 
-    def _store_failed(self, err: SQLAlchemyError) -> None:
+    def _store_failed(self, err: DatabaseFailure) -> None:
         first = self.store_error is None
-        self.store_error = store_failure(err)
+        self.store_error = str(err)
         if first:
-            log.warning("the store failed a write: %s", _first_line(err))
+            log.warning("the store failed a write: %s", err.detail)
 
     def _keep(self, rows: list[Trace]) -> None:
         """Spill rows the store cannot take now; lost (and counted) when the spill is full."""
@@ -233,8 +286,11 @@ class TraceWriter:
             self.spill.max_bytes,
         )  # fmt: skip
 
+    def _write(self, rows: list[Trace]) -> None:
+        self._writes.run(self.store.write_traces, rows)
+
     def _write_skipping_existing(self, rows: list[Trace]) -> None:
-        self.store.write_traces(rows, skip_existing=True)
+        self._writes.run(lambda: self.store.write_traces(rows, skip_existing=True))
 
     def _replay_due(self) -> bool:
         return time.monotonic() >= self._next_replay_s
@@ -248,8 +304,8 @@ class TraceWriter:
             chunk = rows[i : i + self.max_batch]
             try:
                 self._write_skipping_existing(chunk)
-            except SQLAlchemyError as err:
-                if is_row_error(err):  # a row the store refuses for its data: quarantine it
+            except DatabaseFailure as err:
+                if err.row_error:  # a row the store refuses for its data: quarantine it
                     _, _, err = self._isolate(chunk, self._write_skipping_existing)
                 if err is not None:
                     self._store_failed(err)
@@ -265,14 +321,14 @@ class TraceWriter:
 
     def _insert_one_by_one(self, rows: list[Trace]) -> None:
         """Write each row in its own transaction after the batch was refused for its data."""
-        good, stopped_at, _ = self._isolate(rows, self.store.write_traces)
+        good, stopped_at, _ = self._isolate(rows, self._write)
         self._count_written(good)
         if stopped_at is not None:  # the store failed mid-way: retry the rest whole
             self._insert_with_retry(rows[stopped_at:], isolate=False)
 
     def _isolate(
         self, rows: list[Trace], write: Callable[[list[Trace]], None]
-    ) -> tuple[list[Trace], int | None, SQLAlchemyError | None]:
+    ) -> tuple[list[Trace], int | None, DatabaseFailure | None]:
         """Write rows one by one, quarantining (logged, counted) each the store refuses for its
         data. Returns the rows written, and the index and error of the first row the store
         failed for another reason (None, None when it took them all)."""
@@ -280,8 +336,8 @@ class TraceWriter:
         for i, row in enumerate(rows):
             try:
                 write([row])
-            except SQLAlchemyError as err:
-                if not is_row_error(err):
+            except DatabaseFailure as err:
+                if not err.row_error:
                     return good, i, err
                 self.quarantined += 1
                 log.error(
@@ -290,7 +346,7 @@ class TraceWriter:
                     row.trace_id,
                     row.alias,
                     row.key_id,
-                    _first_line(err),
+                    err.detail,
                 )
                 continue
             good.append(row)
@@ -300,19 +356,3 @@ class TraceWriter:
         self.written += len(rows)
         if rows and self.on_written is not None:
             self.on_written(rows)
-
-
-def is_row_error(err: SQLAlchemyError) -> bool:
-    """True when the database refused a statement for the values in it (too long, NUL, a
-    duplicate key, a value that cannot be encoded), not because it is unreachable or busy."""
-    if isinstance(err, DataError | IntegrityError):
-        return True
-    # StatementError but not DBAPIError: it failed while binding the values, before the database
-    return isinstance(err, StatementError) and not isinstance(err, DBAPIError)
-
-
-def _first_line(err: SQLAlchemyError) -> str:
-    """The driver's message without the SQL and parameters SQLAlchemy appends (may hold PII)."""
-    orig = getattr(err, "orig", None)
-    text = str(orig) if orig is not None else str(err)
-    return text.strip().split("\n", 1)[0][:300]

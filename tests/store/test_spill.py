@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,28 @@ from sqlalchemy.exc import OperationalError
 from ownlm.errors import StoreError
 from ownlm.store.schema import Feedback, Trace
 from ownlm.store.spill import Spill
-from ownlm.store.trace_store import TraceStore
+from ownlm.store.trace_store import TraceStore, database_failure
 from ownlm.store.writer import TraceWriter
+
+
+class Hang:
+    """Makes a store's trace writes and feedback block, as a stopped database server does (no
+    error ever comes), while `hung` is clear; `wake()` lets every held call finish."""
+
+    def __init__(self, store: TraceStore) -> None:
+        self.awake = threading.Event()
+        self.awake.set()
+        self._write, self._feedback = store.write_traces, store.add_feedback
+        store.write_traces = self.write  # type: ignore[method-assign]
+        store.add_feedback = self.feedback  # type: ignore[method-assign]
+
+    def write(self, rows: list[Trace], **kw: Any) -> None:
+        self.awake.wait()
+        self._write(rows, **kw)
+
+    def feedback(self, *args: Any) -> None:
+        self.awake.wait()
+        self._feedback(*args)
 
 
 class Outage:
@@ -32,8 +53,10 @@ class Outage:
             if self.commit_then_fail:
                 self.commit_then_fail = False
                 self._write(rows, **kw)
-            raise OperationalError(
-                "INSERT INTO traces ...", {"user": "secret"}, Exception("connection refused")
+            raise database_failure(
+                OperationalError(
+                    "INSERT INTO traces ...", {"user": "secret"}, Exception("connection refused")
+                )
             )
         self._write(rows, **kw)
 
@@ -120,4 +143,40 @@ def test_a_full_spill_counts_what_it_loses(tmp_path: Path) -> None:
     outage.down = False
     writer.close()  # the store is back: the last replay before the stop writes the spill
     assert store.count_traces() == kept and spill.count == 0
+    store.close()
+
+
+def test_a_hung_store_spills_and_refuses_feedback_in_time(store_url: str, tmp_path: Path) -> None:
+    store = TraceStore(store_url)
+    hang = Hang(store)
+    spill = Spill(tmp_path / "spill.jsonl", max_bytes=10_000_000)
+    writer = TraceWriter(
+        store, flush_interval_ms=20, spill=spill, replay_interval_s=0.1, timeout_s=0.3
+    )
+    writer.feedback_wait_s = 0.3
+    rated = Trace(alias="r")
+    writer.record(rated)
+    writer.flush()
+    hang.awake.clear()  # the database stops answering
+    held = [Trace(alias="h", created_at=3000.0 + i) for i in range(20)]
+    for tr in held:
+        writer.record(tr)
+    t0 = time.monotonic()
+    writer.flush()
+    assert time.monotonic() - t0 < 3.0  # the writer is not stuck behind the hung call
+    assert spill.count == 20 and writer.failed == 0
+    assert writer.store_error == "TimeoutError: the database did not answer in 0.3 s"
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match="did not answer in 0.3 s"):
+        writer.add_feedback(Feedback(trace_id=rated.trace_id, thumbs=1))
+    with pytest.raises(StoreError):  # refused at once while a hung call is out
+        writer.add_feedback(Feedback(trace_id=rated.trace_id, thumbs=1))
+    assert time.monotonic() - t0 < 2.0
+    hang.awake.set()  # the database answers again: the hung write commits, the replay skips it
+    wait_until(lambda: spill.count == 0)
+    writer.add_feedback(Feedback(trace_id=rated.trace_id, thumbs=1))
+    writer.close()
+    assert store.count_traces() == 21 and writer.store_error is None
+    assert [t.trace_id for t in store.list_traces(limit=100)][:-1] == [t.trace_id for t in held]
+    assert len(store.list_feedback(rated.trace_id)) >= 1
     store.close()

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import psycopg
 import pytest
 
 from ownlm.errors import StoreError
-from ownlm.store.schema import Experiment, Feedback, ModelVersion, Trace
+from ownlm.store.registry import Registry
+from ownlm.store.schema import Deployment, Experiment, Feedback, ModelVersion, Trace
 from ownlm.store.tables import LATEST_VERSION
-from ownlm.store.trace_store import TraceStore, UnknownTraceError, engine_url, hash_key
+from ownlm.store.trace_store import (
+    DatabaseFailure,
+    TraceStore,
+    UnknownTraceError,
+    engine_url,
+    hash_key,
+)
 
 
 def test_trace_round_trip(store_url: str) -> None:
@@ -112,3 +123,47 @@ def test_bad_url_is_a_store_error(tmp_path: object) -> None:
 def test_engine_url_uses_psycopg() -> None:
     assert engine_url("postgresql://u@h:1/d") == "postgresql+psycopg://u@h:1/d"
     assert engine_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_every_database_error_is_one_plain_store_error(store_url: str) -> None:
+    """The engine's one hook turns any database error into a DatabaseFailure: a StoreError that
+    says what failed without the SQL or its values, and tells a bad row from a bad database."""
+    store = TraceStore(store_url)
+    tr = Trace(alias="chat", user="secret-user")
+    store.write_traces([tr])
+    with pytest.raises(DatabaseFailure) as dup:
+        store.write_traces([tr])  # the same trace id again
+    assert isinstance(dup.value, StoreError) and dup.value.row_error
+    assert "INSERT" not in str(dup.value) and "secret-user" not in str(dup.value)
+    store.add_model_version(ModelVersion(name="m", version=1, path="p"))
+    with pytest.raises(StoreError, match="m v1 is already registered"):
+        store.add_model_version(ModelVersion(name="m", version=1, path="p"))
+    store.close()
+
+
+def test_a_read_only_sqlite_store_fails_in_plain_words(tmp_path: Path) -> None:
+    TraceStore(f"sqlite:///{tmp_path}/ro.db").close()
+    store = TraceStore(f"sqlite:///file:{tmp_path}/ro.db?mode=ro&uri=true")
+    with pytest.raises(DatabaseFailure) as info:
+        store.write_traces([Trace(alias="chat")])
+    assert not info.value.row_error
+    assert str(info.value) == "OperationalError: the database is read-only"
+    with pytest.raises(StoreError, match="deployment of 'a': OperationalError: .* read-only"):
+        Registry(store).deploy(Deployment("a", {"x": 1.0}, incumbent="x", reason="test"))
+    store.close()
+
+
+def test_postgresql_gives_up_on_a_statement_after_the_timeout(pg_url: str) -> None:
+    store = TraceStore(pg_url, timeout_s=0.3)
+    with psycopg.connect(pg_url) as other:  # holds the table locked, as a stuck writer would
+        other.execute("LOCK TABLE traces IN ACCESS EXCLUSIVE MODE")
+        t0 = time.monotonic()
+        with pytest.raises(DatabaseFailure) as info:
+            store.write_traces([Trace(alias="chat")])
+        waited = time.monotonic() - t0
+    assert 0.25 < waited < 5.0
+    assert str(info.value).endswith(": the database did not answer in time")
+    assert not info.value.row_error
+    store.write_traces([Trace(alias="chat")])  # the lock is gone: the store works again
+    assert store.count_traces() == 1
+    store.close()

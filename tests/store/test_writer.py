@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, StatementError
 
 from ownlm.store.schema import Feedback, Trace
-from ownlm.store.trace_store import TraceStore
-from ownlm.store.writer import TraceWriter, is_row_error
+from ownlm.store.trace_store import TraceStore, database_failure, is_row_error
+from ownlm.store.writer import TraceWriter
 
 
 class SlowBuilder:
@@ -153,7 +153,7 @@ class FlakyStore:
         self.calls.append(len(rows))
         err = self.errors.pop(0) if self.errors else None
         if err is not None:
-            raise err
+            raise database_failure(err)  # what the store's engine raises for it
         self.rows.extend(rows)
 
 
