@@ -78,16 +78,7 @@ class KeyRing:
             return 0.0
         key = state.key
         with self._money:
-            if state.spent_usd + state.reserved_usd >= key.budget_usd:
-                raise WireError(
-                    429,
-                    f"key '{key.name}' spent ${state.spent_usd:.4f} and holds "
-                    f"${state.reserved_usd:.4f} for requests in flight, of its "
-                    f"${key.budget_usd:.4f} budget; retry when they finish, or ask the admin "
-                    "to raise it",
-                    type_="insufficient_quota",
-                    code="insufficient_quota",
-                )
+            _check_budget(state)
             state.reserved_usd += usd
         return usd
 
@@ -160,14 +151,7 @@ class KeyRing:
                 code="invalid_api_key",
             )
         key = state.key
-        if key.budget_usd is not None and state.spent_usd >= key.budget_usd:
-            raise WireError(
-                429,
-                f"key '{key.name}' spent ${state.spent_usd:.4f} of its ${key.budget_usd:.4f} "
-                "budget; ask the admin to raise it",
-                type_="insufficient_quota",
-                code="insufficient_quota",
-            )
+        _check_budget(state)
         now = time.monotonic()
         tokens = min(float(key.burst), state.tokens + (now - state.last_s) * key.rate_per_s)
         state.last_s = now
@@ -184,6 +168,25 @@ class KeyRing:
             )
         state.tokens = tokens - 1.0
         return key.key_id
+
+
+def _check_budget(state: KeyState) -> None:
+    """The one budget rule: a 429 once the key's spend plus what requests in flight hold has
+    reached its budget (checked when a request arrives, and again when it reserves)."""
+    key = state.key
+    if key.budget_usd is None or state.spent_usd + state.reserved_usd < key.budget_usd:
+        return
+    held = ""
+    if state.reserved_usd:
+        held = f" and holds ${state.reserved_usd:.4f} for requests in flight"
+    retry = "retry when they finish, or " if state.reserved_usd else ""
+    raise WireError(
+        429,
+        f"key '{key.name}' spent ${state.spent_usd:.4f}{held} of its ${key.budget_usd:.4f} "
+        f"budget; {retry}ask the admin to raise it",
+        type_="insufficient_quota",
+        code="insufficient_quota",
+    )
 
 
 def authorization(headers: dict[bytes, bytes]) -> bytes | None:

@@ -50,6 +50,12 @@ def test_budget_admin_and_bad_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(WireError, match=r"spent \$1.0000 of its \$1.0000") as info:
         keys.check(b"Bearer s1")
     assert info.value.code == "insufficient_quota"
+    keys.settle("k1", 0.0, -0.5)  # (a refund) spend $0.50: holds count against it as spend does
+    keys.reserve("k1", 0.5)
+    with pytest.raises(WireError, match=r"holds \$0.5000 for requests in flight of its"):
+        keys.check(b"Bearer s1")
+    keys.settle("k1", 0.5, 0.1)
+    keys.check(b"Bearer s1")
     assert keys.check(b"Bearer admin") == auth.ADMIN_ID and keys.is_admin(b"Bearer admin")
     assert not keys.is_admin(b"Bearer s1") and not keys.is_admin(None)
     for header in (None, b"", b"Basic s1", b"Bearer nope"):
