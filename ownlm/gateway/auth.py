@@ -76,7 +76,6 @@ class KeyRing:
         state = self._by_id.get(key_id) if key_id is not None else None
         if state is None or state.key.budget_usd is None:
             return 0.0
-        key = state.key
         with self._money:
             _check_budget(state)
             state.reserved_usd += usd

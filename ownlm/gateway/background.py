@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ownlm.errors import OwnlmError
+
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = 10.0  # also how long a task may lag behind a store that is back
 SLOW_STEP_S = 60.0  # a model load by the deployment follower may take most of this
 
 
@@ -51,7 +53,7 @@ async def run_forever(
             await _warn_if_slow(name, step())
         except Exception as err:  # noqa: BLE001 - the point: no error ends the task (a
             # cancel, when the gateway stops, is no Exception and still ends it)
-            message = f"{type(err).__name__}: {err}"
+            message = str(err) if isinstance(err, OwnlmError) else f"{type(err).__name__}: {err}"
             health.errors += 1
             if message != health.last_error:
                 log.exception("%s failed; retrying in %.1f s", name, delay)

@@ -124,7 +124,8 @@ class TraceWriter:
         self.store_error: str | None = None  # the last write's failure, until one succeeds
         self._spilled_ids: set[str] = set()
         self._next_replay_s = 0.0
-        self.feedback_wait_s = 5.0  # feedback on a spilled trace waits this long for a replay
+        # feedback on a spilled trace waits this long for a replay
+        self.feedback_wait_s = 5.0 if timeout_s is None else timeout_s
         self._queue: collections.deque[Trace | TraceBuilder] = collections.deque()
         self._pending: set[str] = set()  # ids queued and not yet committed
         self._wake = threading.Event()
