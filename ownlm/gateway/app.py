@@ -189,6 +189,9 @@ class Gateway:
             await handler(scope, receive, send)
         except WireError as err:
             await send_error(send, err)
+        except StoreError as err:  # a store call of any endpoint (admin keys, stored responses)
+            message = f"the store failed: {err}; retry"
+            await send_error(send, WireError(503, message, type_="server_error"))
         except ClientGone:
             return
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
 import openai
 import pytest
+from sqlalchemy.exc import OperationalError
+
+from ownlm.store.trace_store import database_failure
 
 from tests.gateway.conftest import RunningGateway
 from tests.store.test_spill import Outage, wait_until
@@ -51,3 +55,27 @@ def test_no_acknowledged_trace_is_lost_to_a_store_outage(gateway: RunningGateway
         c.post("/feedback", body={"trace_id": ids[0], "thumbs": 1}, cast_to=dict[str, Any])
     assert all(gw.store.get_trace(i) is not None for i in ids)
     assert health(gateway)["traces"]["spilled"] == 0
+
+
+def test_any_endpoint_answers_a_store_failure_with_a_plain_503(gateway: RunningGateway) -> None:
+    gw = gateway.app.app
+
+    def refuse(*args: Any) -> None:
+        raise database_failure(
+            OperationalError("INSERT INTO api_keys ...", {"name": "k"}, Exception("disk is full"))
+        )
+
+    gw.store.create_key = refuse
+    req = urllib.request.Request(
+        gateway.root_url + "/admin/keys",
+        data=json.dumps({"name": "new"}).encode(),
+        headers={
+            "authorization": f"Bearer {gateway.admin_key}",
+            "content-type": "application/json",
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=5)
+    assert info.value.code == 503
+    body = json.loads(info.value.read())["error"]
+    assert body["message"] == ("the store failed: Exception: the disk is full or failing; retry")
