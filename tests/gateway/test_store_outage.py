@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from ownlm.store.trace_store import database_failure
-
 from tests.gateway.conftest import RunningGateway
 from tests.store.test_spill import Outage, wait_until
 
