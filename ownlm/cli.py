@@ -75,7 +75,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "export_command",
         "GGUF files (f16, q8_0, ...) and an Ollama Modelfile for llama.cpp and Ollama",
     ),
-    "serve": ("ownlm.gateway.server", "GatewayConfig", "serve", "OpenAI-compatible gateway"),
+    "serve": (
+        "ownlm.gateway.server",
+        "GatewayConfig",
+        "ownlm.cli:serve",
+        "OpenAI-compatible gateway (and its live dashboard)",
+    ),
     "export": (
         "ownlm.data.export",
         "ExportConfig",
@@ -101,6 +106,15 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "write an offline easy/hard labelled set from reasoning-gym",
     ),
 }
+
+
+def serve(cfg: Any) -> None:
+    """`ownlm serve`: the gateway, with the report stage's live dashboard at GET /dashboard (the
+    gateway itself does not import the report)."""
+    from ownlm.gateway.server import serve as serve_gateway
+    from ownlm.report.dashboard import live_dashboard
+
+    serve_gateway(cfg, dashboard=live_dashboard)
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -165,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
 
         module = importlib.import_module(module_name)
         cfg = load_config(getattr(module, cfg_name), args.config, args.overrides)
+        if ":" in fn_name:  # a function of another module than the config class's
+            fn_module, fn_name = fn_name.split(":")
+            module = importlib.import_module(fn_module)
         result = getattr(module, fn_name)(cfg)
     except OwnlmError as err:
         if args.debug:

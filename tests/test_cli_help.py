@@ -132,6 +132,8 @@ def test_a_class_seen_twice_is_listed_once():
 def test_unknown_set_key_names_the_closest_known_key(argv, message, capsys, monkeypatch):
     command = " ".join(w for w in argv[:2] if not w.startswith("-"))
     module_name, _, fn_name, _ = COMMANDS[command if command in COMMANDS else argv[0]]
+    if ":" in fn_name:  # the function lives in another module than the config class
+        module_name, fn_name = fn_name.split(":")
     # the command itself must never start (the demo would wipe runs/demo, serve would listen)
     monkeypatch.setattr(importlib.import_module(module_name), fn_name, _must_not_run)
     assert main(argv) == 2

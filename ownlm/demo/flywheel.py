@@ -283,8 +283,7 @@ def _story(
     _say("\n[4/4] ownlm report: TFP, cost, savings; dashboard")
     time.sleep(0.3)  # the trace writer flushes every 50 ms
     money = {
-        "store_url": store_url,
-        "gateway_config": str(work / "ownlm.yaml"),
+        "store_url": store_url,  # models and prices: as the gateway recorded them there
         "reference_variant": "strong",
         "value_per_success_usd": cfg.value_per_success_usd,
         "value_per_failure_usd": cfg.value_per_failure_usd,

@@ -230,27 +230,16 @@ def routes(gw: Gateway) -> dict[tuple[str, str], Handler]:
     async def dashboard(scope: Scope, receive: Receive, send: Send) -> None:
         if gw.cfg.require_keys:
             require_admin(scope)
-        from ownlm.report.build import ModelPrice, ReportConfig
-        from ownlm.report.dashboard import dashboard_page
-
-        cfg = gw.cfg
-        report_cfg = ReportConfig(
-            store_url=cfg.store_url,
-            own_models=[
-                n for n, m in cfg.models.items() if cfg.upstreams[m.upstream].kind != "openai"
-            ],
-            prices={
-                n: ModelPrice(
-                    in_usd_per_mtok=m.price_in_usd_per_mtok,
-                    out_usd_per_mtok=m.price_out_usd_per_mtok,
-                )
-                for n, m in cfg.models.items()
-                if m.price_in_usd_per_mtok or m.price_out_usd_per_mtok
-            },
-        )
+        if gw.dashboard is None:
+            raise WireError(
+                404,
+                "this gateway serves no dashboard: `ownlm serve` does, or write one with "
+                "`ownlm report --set out=dashboard.html`",
+                code="unknown_url",
+            )
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         assert gw.store is not None
-        status, html = await asyncio.to_thread(dashboard_page, gw.store, report_cfg, query)
+        status, html = await asyncio.to_thread(gw.dashboard, gw.store, query)
         await send_bytes(send, status, html.encode(), content_type=b"text/html; charset=utf-8")
 
     return {

@@ -18,7 +18,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,13 +61,17 @@ from ownlm.gateway.wire import (
     prompt_text,
 )
 from ownlm.models.llama_cpp import answer_confidence
-from ownlm.router.policy import Decision, Router, RouteRequest
+from ownlm.router.policy import Decision, Router, RouteRequest, route_text
 from ownlm.store.registry import Registry
+from ownlm.store.schema import ServedModel
 from ownlm.store.spill import Spill
 from ownlm.store.trace_store import TraceStore, UnknownTraceError, sqlite_path
 from ownlm.store.writer import TraceWriter
 
 log = logging.getLogger("ownlm.gateway")
+
+# (store, query parameters) -> (HTTP status, HTML): `ownlm serve` passes the report's renderer
+Dashboard = Callable[[TraceStore, dict[str, str]], tuple[int, str]]
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -111,11 +115,30 @@ class Served:
         """alias -> seq of the deployment applied."""
         return {a: d.seq for a, d in self.live_deployments.items()}
 
+    def model_rows(self) -> list[ServedModel]:
+        """The models served, with their upstream's kind and prices, as the store keeps them."""
+        cfg = self.cfg
+        return [
+            ServedModel(
+                name,
+                cfg.upstreams[m.upstream].kind,
+                m.price_in_usd_per_mtok,
+                m.price_out_usd_per_mtok,
+            )
+            for name, m in sorted(cfg.models.items())
+        ]
+
 
 class Gateway:
     """The ASGI app. Endpoints are methods so they share the config, store and key ring."""
 
-    def __init__(self, cfg: GatewayConfig, upstreams: dict[str, UpstreamClient] | None = None):
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        upstreams: dict[str, UpstreamClient] | None = None,
+        dashboard: Dashboard | None = None,
+    ):
+        self.dashboard = dashboard  # GET /dashboard's page (the report stage's), if served
         self._served = Served(cfg, Router(cfg.router, known_variants=list(cfg.models)))
         self._request_served: contextvars.ContextVar[Served] = contextvars.ContextVar("served")
         self.base_router = cfg.router  # deployments replace routes of this config
@@ -421,8 +444,11 @@ class Gateway:
     ) -> PendingTrace:  # fmt: skip
         """The router's decision for a chat-shaped request, in the trace it opens."""
         user, session, tags, metadata = request_labels(body, headers, self.cfg.labels)
-        text = prompt_text(messages)
-        req = RouteRequest(alias, user, metadata, len(text) // 4, len(messages), text)
+        text = prompt_text(messages)  # every message: the prompt's size
+        # the classifier scores route_text, the one function its training reads traces with
+        req = RouteRequest(
+            alias, user, metadata, len(text) // 4, len(messages), route_text(messages)
+        )
         decision = await self.decide(req)
         trace = PendingTrace(t0, endpoint, alias, body, decision, key_id, user, session)
         trace.tags, trace.metadata = tags, metadata

@@ -83,7 +83,9 @@ async def apply_deployments(gw: Gateway, live: dict[str, Deployment]) -> None:
             )
             await asyncio.to_thread(gw.store.save_experiment, exp)
     await asyncio.to_thread(gw.restore_decisions, router)
-    gw.serve(Served(cfg, router, live))
+    served = Served(cfg, router, live)
+    await asyncio.to_thread(gw.store.write_served_models, served.model_rows())  # for the report
+    gw.serve(served)
     stale = [n for n in gw.upstreams if n.startswith(OWN) and n not in upstreams]
     if stale:  # e.g. a rolled-back canary's engine: closed once requests in flight are done
         asyncio.get_running_loop().call_later(

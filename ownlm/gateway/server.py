@@ -17,7 +17,7 @@ import time
 
 import uvicorn
 
-from ownlm.gateway.app import Gateway
+from ownlm.gateway.app import Dashboard, Gateway
 from ownlm.gateway.asgi import ASGIApp
 from ownlm.gateway.config import GatewayConfig
 from ownlm.gateway.http_limits import guarded_protocol
@@ -27,9 +27,14 @@ from ownlm.gateway.upstream import UpstreamClient
 __all__ = ["GatewayConfig", "build_app", "serve", "serve_gateway_in_thread"]
 
 
-def build_app(cfg: GatewayConfig, upstreams: dict[str, UpstreamClient] | None = None) -> ASGIApp:
-    """The ASGI app: the gateway inside its error shield, inside CORS when cors_origins is set."""
-    app: ASGIApp = ErrorShield(Gateway(cfg, upstreams))
+def build_app(
+    cfg: GatewayConfig,
+    upstreams: dict[str, UpstreamClient] | None = None,
+    dashboard: Dashboard | None = None,
+) -> ASGIApp:
+    """The ASGI app: the gateway inside its error shield, inside CORS when cors_origins is set;
+    `dashboard` renders GET /dashboard (the report stage's page; None: no dashboard)."""
+    app: ASGIApp = ErrorShield(Gateway(cfg, upstreams, dashboard))
     if cfg.cors_origins:
         app = Cors(app, cfg.cors_origins, cfg.cors_max_age_s)
     return app
@@ -76,12 +81,12 @@ def serve_gateway_in_thread(
     return server, thread
 
 
-def serve(cfg: GatewayConfig) -> None:
+def serve(cfg: GatewayConfig, dashboard: Dashboard | None = None) -> None:
     """Run the gateway until interrupted."""
     # The trace writer thread shares the GIL with the event loop; a 1 ms switch interval (default
     # 5 ms) bounds how long a request waits for it behind a batch of trace inserts.
     sys.setswitchinterval(0.001)
-    server = uvicorn.Server(uvicorn_config(build_app(cfg), cfg))
+    server = uvicorn.Server(uvicorn_config(build_app(cfg, dashboard=dashboard), cfg))
     # Cyclic GC: freeze what start-up allocated (modules, config) so full collections skip it,
     # and collect the young generation less often; measured -18% CPU per request in the bench.
     gc.collect()

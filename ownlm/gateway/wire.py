@@ -197,7 +197,8 @@ def check_embeddings_request(body: dict[str, Any]) -> None:
 
 
 def prompt_text(messages: list[dict[str, Any]]) -> str:
-    """The text parts of the messages, one per line (what the router's classifier scores)."""
+    """The text parts of all the messages, one per line (the prompt's size for the router's
+    token estimate and for budgets; the classifier scores `router.policy.route_text`)."""
     parts = []
     for m in messages:
         c = m.get("content")

@@ -6,7 +6,10 @@ The CLI prints the compact table of `ownlm/report/summary.py`.
 
 `build_report(cfg)` reads the store (two summed queries, plus two for a before/after split),
 returns a `Report` of plain dataclasses, and writes the HTML dashboard (`out`) and the JSON
-figures (`json_out`) when asked. The gateway serves the same dashboard at GET /dashboard.
+figures (`json_out`) when asked. `ownlm serve` serves the same dashboard at GET /dashboard
+(`report.dashboard.live_dashboard`, handed to the gateway by the CLI). Which models are own and
+what each costs come from the store: the gateway records the models it serves, with their
+upstream's kind and prices, when it starts and when a deployment changes them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from ownlm.config import Config
@@ -45,19 +47,16 @@ class ReportConfig(Config):
     """Everything `ownlm report` needs."""
 
     store_url: str = Field("sqlite:///ownlm.db", description="where the traces are")
-    gateway_config: str | None = Field(
-        None, description="ownlm.yaml: local-upstream models count as own; model prices"
-    )
     own_models: list[str] = Field(
         default_factory=list,
-        description="variant or upstream names served by the own model, added to the gateway "
-        "config's local-upstream models and the own models of `ownlm promote` deployments",
+        description="variant or upstream names served by the own model, added to the models "
+        "the gateway recorded as own (an own-model engine) and those of `ownlm promote`",
     )
     reference_variant: str | None = Field(
         None, description="the all-upstream baseline; default: the priciest priced model"
     )
     prices: dict[str, ModelPrice] = Field(
-        default_factory=dict, description="per variant; overrides the gateway config's prices"
+        default_factory=dict, description="per variant; overrides the prices the gateway recorded"
     )
     own_serving_usd_per_mtok: float = Field(0.0, ge=0, description="added to own-model traces")
     value_per_success_usd: float = Field(0.0, ge=0, description="value of a success with none")
@@ -75,6 +74,17 @@ class ReportConfig(Config):
     title: str = Field("ownlm: TFP and savings", description="the dashboard's title")
     out: str | None = Field(None, description="write the HTML dashboard here")
     json_out: str | None = Field(None, description="write the figures as JSON here")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_gateway_config(cls, data: object) -> object:
+        if isinstance(data, dict) and "gateway_config" in data:
+            raise ValueError(
+                "gateway_config was removed: the report reads the models and prices the gateway "
+                "serves from the store (`ownlm serve` records them when it starts); drop the "
+                "key, and set prices or own_models only to override"
+            )
+        return data
 
     @model_validator(mode="after")
     def _one_split(self) -> ReportConfig:
@@ -176,15 +186,22 @@ def collect_report(store: TraceStore, cfg: ReportConfig) -> Report:
             + (", or widen since/until" if window else "")
         )
     notes: list[str] = []
-    gateway = _read_gateway_models(cfg.gateway_config) if cfg.gateway_config else {}
-    own = set(cfg.own_models) | {n for n, m in gateway.items() if m["kind"] != "openai"}
+    served = store.served_models()
+    own = set(cfg.own_models) | {n for n, m in served.items() if m.own}
     own |= {v for dep in Registry(store).deployments() for v in dep.models}
     if not own:
-        notes.append("no own model named: set own_models or gateway_config (a local upstream)")
-    prices = {n: (m["in"], m["out"]) for n, m in gateway.items() if m["in"] or m["out"]}
+        notes.append(
+            "no own model named: serve one through `ownlm serve` (an own-model engine) or set "
+            "own_models"
+        )
+    prices = {
+        n: (m.price_in_usd_per_mtok, m.price_out_usd_per_mtok)
+        for n, m in served.items()
+        if m.price_in_usd_per_mtok or m.price_out_usd_per_mtok
+    }
     prices.update({n: (p.in_usd_per_mtok, p.out_usd_per_mtok) for n, p in cfg.prices.items()})
     variants = sorted({g.variant for g in groups})
-    reference = _pick_reference(cfg.reference_variant, prices, variants, set(gateway), notes)
+    reference = _pick_reference(cfg.reference_variant, prices, variants, set(served), notes)
     ref_in, ref_out = prices[reference] if reference is not None else (None, None)
     pricing = Pricing(
         frozenset(own),
@@ -275,31 +292,6 @@ def _auto_bucket(span_s: float) -> str:
     return "hour" if span_s <= 7 * 86400 else "day"
 
 
-def _read_gateway_models(path: str) -> dict[str, dict[str, float | str]]:
-    """Per model of an ownlm.yaml: its upstream's kind and its prices (read as plain YAML, so
-    report does not import the gateway)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as err:
-        raise ConfigError(f"cannot read gateway_config {path}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"gateway_config {path}: not valid YAML: {err}") from err
-    upstreams = data.get("upstreams") or {}
-    out: dict[str, dict[str, float | str]] = {}
-    for name, m in (data.get("models") or {}).items():
-        if not isinstance(m, dict) or m.get("upstream") not in upstreams:
-            raise ConfigError(
-                f"gateway_config {path}: models.{name} names no upstream defined in upstreams; "
-                "check the file with `ownlm serve --config` first"
-            )
-        out[name] = {
-            "kind": (upstreams[m["upstream"]] or {}).get("kind", "openai"),
-            "in": float(m.get("price_in_usd_per_mtok", 0.0)),
-            "out": float(m.get("price_out_usd_per_mtok", 0.0)),
-        }
-    return out
-
-
 def _pick_reference(
     name: str | None,
     prices: dict[str, tuple[float, float]],
@@ -310,7 +302,10 @@ def _pick_reference(
     """The reference variant: the one named (it must be known and priced), else the priciest."""
     if name is None:
         if not prices:
-            notes.append("no model prices known: set prices or gateway_config to see savings")
+            notes.append(
+                "no model prices known: serve the models through `ownlm serve` (it records "
+                "their prices) or set prices to see savings"
+            )
             return None
         return max(sorted(prices), key=lambda n: prices[n][0] + prices[n][1])
     known = sorted(set(variants) | set(prices) | configured)
@@ -321,7 +316,7 @@ def _pick_reference(
     if name not in prices:
         raise ConfigError(
             f"reference_variant '{name}' has no price; set prices.{name}.in_usd_per_mtok and "
-            f"out_usd_per_mtok, or its price_*_usd_per_mtok in the gateway config"
+            f"out_usd_per_mtok, or its price_*_usd_per_mtok in the gateway's config"
         )
     return name
 

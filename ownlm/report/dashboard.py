@@ -322,3 +322,9 @@ def dashboard_page(store: TraceStore, cfg: ReportConfig, query: dict[str, str]) 
         return 400, _message_page("bad query", str(err))
     except DataError as err:
         return 200, _message_page(cfg.title, str(err))
+
+
+def live_dashboard(store: TraceStore, query: dict[str, str]) -> tuple[int, str]:
+    """The page `ownlm serve` answers GET /dashboard with: `dashboard_page` on the gateway's own
+    store (models, prices and own models as the gateway recorded them there)."""
+    return dashboard_page(store, ReportConfig(store_url=store.url), query)

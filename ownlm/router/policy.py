@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 
 
 def route_text(messages: list[dict[str, Any]]) -> str:
-    """The text the difficulty classifier scores: the last user message (text parts joined)."""
+    """The text the difficulty classifier scores: the last user message (text parts joined).
+
+    The one definition: the gateway routes on it and `classifier.read_store_labels` trains on
+    it (tests/router/test_route_text.py checks that they agree on a served trace)."""
     for msg in reversed(messages):
         if isinstance(msg, dict) and msg.get("role") == "user":
             content = msg.get("content")

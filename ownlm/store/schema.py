@@ -163,6 +163,22 @@ class ArmStats:
 
 
 @dataclass
+class ServedModel:
+    """A model the gateway serves, as it wrote it at start (the report reads prices and which
+    models are own from these rows, not from the gateway's config file)."""
+
+    name: str  # the variant name clients and traces use
+    kind: str  # the upstream's kind: openai (a provider or server) or an own-model engine
+    price_in_usd_per_mtok: float = 0.0
+    price_out_usd_per_mtok: float = 0.0
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def own(self) -> bool:
+        return self.kind != "openai"
+
+
+@dataclass
 class ApiKey:
     """A gateway API key as stored: only the sha256 of the secret, never the secret itself."""
 

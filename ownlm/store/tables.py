@@ -158,6 +158,17 @@ api_keys = Table(
 )
 
 
+served_models = Table(
+    "served_models",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("price_in_usd_per_mtok", Float, nullable=False),
+    Column("price_out_usd_per_mtok", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
 def _create_v1(conn: Connection) -> None:
     """Version 1: traces, feedback, experiments, model versions, API keys."""
     metadata.create_all(conn, tables=[traces, feedback, experiments, model_versions, api_keys])
@@ -189,12 +200,26 @@ def _eliminated_v4(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE experiments ADD COLUMN eliminated JSON"))
 
 
+def _served_models_v5(conn: Connection) -> None:
+    """Version 5: the models the gateway serves, with kind and prices (read by the report).
+    The DDL as written for this version, not today's table definition."""
+    if not inspect(conn).has_table("served_models"):
+        conn.execute(
+            text(
+                "CREATE TABLE served_models (name VARCHAR(200) NOT NULL PRIMARY KEY, "
+                "kind VARCHAR(32) NOT NULL, price_in_usd_per_mtok FLOAT NOT NULL, "
+                "price_out_usd_per_mtok FLOAT NOT NULL, updated_at FLOAT NOT NULL)"
+            )
+        )
+
+
 # (version, step). Append new steps at the end; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _create_v1),
     (2, _registry_v2),
     (3, _escalations_v3),
     (4, _eliminated_v4),
+    (5, _served_models_v5),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

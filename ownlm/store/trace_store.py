@@ -49,7 +49,15 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyErro
 
 from ownlm.errors import StoreError
 from ownlm.store import tables as t
-from ownlm.store.schema import ApiKey, ArmStats, Experiment, Feedback, ModelVersion, Trace
+from ownlm.store.schema import (
+    ApiKey,
+    ArmStats,
+    Experiment,
+    Feedback,
+    ModelVersion,
+    ServedModel,
+    Trace,
+)
 
 
 class UnknownTraceError(StoreError):
@@ -445,6 +453,21 @@ class TraceStore:
                 ModelVersion(**{**r._asdict(), "lineage": r.lineage or {}})
                 for r in conn.execute(query)
             ]
+
+    # -- served models -----------------------------------------------------------------------
+
+    def write_served_models(self, models: list[ServedModel]) -> None:
+        """Record the models the gateway serves now (replacing what was recorded)."""
+        with self.engine.begin() as conn:
+            conn.execute(t.served_models.delete())
+            if models:
+                conn.execute(insert(t.served_models), [dataclasses.asdict(m) for m in models])
+
+    def served_models(self) -> dict[str, ServedModel]:
+        """The models the gateway last recorded, by name (empty if no gateway ran here)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.served_models).order_by(t.served_models.c.name))
+            return {r.name: ServedModel(**r._asdict()) for r in rows}
 
     # -- API keys ----------------------------------------------------------------------------
 

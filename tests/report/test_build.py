@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from ownlm.cli import main
+from ownlm.config import validate_config
 from ownlm.errors import ConfigError, DataError
 from ownlm.report.build import ModelPrice, ReportConfig, build_report
 from ownlm.store.registry import Registry
-from ownlm.store.schema import Deployment, Trace
+from ownlm.store.schema import Deployment, ServedModel, Trace
 from ownlm.store.trace_store import TraceStore
 
 STRONG = {"strong": ModelPrice(in_usd_per_mtok=2.5, out_usd_per_mtok=10.0)}
@@ -74,16 +75,19 @@ def test_experiment_arms(tiny_store_url: str) -> None:
     assert arms["mini"].reward_mean == pytest.approx(0.9) and arms["mini"].weight == 0.5
 
 
-def test_own_models_and_prices_from_the_gateway_config(tiny_store_url: str, tmp_path: Path) -> None:
-    gw = tmp_path / "ownlm.yaml"
-    gw.write_text(
-        "upstreams:\n  openai: {base_url: 'https://x.test/v1'}\n  local: {kind: local}\n"
-        "models:\n"
-        "  strong: {upstream: openai, price_in_usd_per_mtok: 2.5, price_out_usd_per_mtok: 10}\n"
-        "  mini: {upstream: local}\n"
+def test_own_models_and_prices_from_what_the_gateway_recorded(tiny_store_url: str) -> None:
+    store = TraceStore(tiny_store_url)
+    store.write_served_models(
+        [ServedModel("strong", "openai", 2.5, 10.0), ServedModel("mini", "local")]
     )
-    r = build_report(ReportConfig(store_url=tiny_store_url, gateway_config=str(gw)))
+    store.close()
+    r = build_report(ReportConfig(store_url=tiny_store_url))
     assert r.own_models == ["mini"] and r.total.savings_usd == pytest.approx(0.02125)
+
+
+def test_the_old_gateway_config_key_says_what_replaced_it() -> None:
+    with pytest.raises(ConfigError, match="gateway_config was removed: the report reads"):
+        validate_config(ReportConfig, {"gateway_config": "ownlm.yaml"}, "report")
 
 
 def test_own_models_from_the_deployment_log(tiny_store_url: str) -> None:

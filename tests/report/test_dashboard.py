@@ -17,6 +17,7 @@ import pytest
 from ownlm.gateway.app import Gateway
 from ownlm.gateway.config import GatewayConfig
 from ownlm.report.build import ModelPrice, ReportConfig, build_report
+from ownlm.report.dashboard import live_dashboard
 from ownlm.store.trace_store import TraceStore
 
 PLOTS = {"tfp", "share", "cost", "success"}
@@ -141,7 +142,7 @@ def call(gw: Gateway, path: str, query: bytes = b"", key: str | None = None) -> 
     return head["status"], body.decode()
 
 
-def gateway(url: str, require_keys: bool = True) -> Gateway:
+def gateway(url: str, require_keys: bool = True, dashboard: bool = True) -> Gateway:
     cfg = GatewayConfig.model_validate(
         {
             "store_url": url,
@@ -157,14 +158,16 @@ def gateway(url: str, require_keys: bool = True) -> Gateway:
             },
         }
     )  # fmt: skip
-    return Gateway(cfg, upstreams={})
+    return Gateway(cfg, upstreams={}, dashboard=live_dashboard if dashboard else None)
 
 
 def test_gateway_serves_the_dashboard_to_the_admin(tiny_store_url: str) -> None:
     status, html = call(gateway(tiny_store_url), "/dashboard", key=ADMIN)
     assert status == 200 and set(plots_of(html)) == PLOTS
-    # own model and prices come from the gateway config: mini is local, strong is priced
+    # own model and prices as the gateway recorded them at start: mini is local, strong priced
     assert "own model: mini" in html and "Money saved" in html
+    status, page = call(gateway(tiny_store_url, dashboard=False), "/dashboard", key=ADMIN)
+    assert status == 404 and "serves no dashboard" in page
     assert call(gateway(tiny_store_url), "/dashboard")[0] == 401
     status, page = call(gateway(tiny_store_url), "/dashboard", b"bucket=week", key=ADMIN)
     assert status == 400 and "bucket" in page
