@@ -27,7 +27,7 @@ class Trace:
 
     trace_id: str = field(default_factory=new_id)
     created_at: float = field(default_factory=time.time)  # unix seconds
-    endpoint: str = "chat.completions"  # or "embeddings"
+    endpoint: str = "chat.completions"  # or "responses", "embeddings"
     alias: str = ""  # the model name the client asked for
     variant: str = ""  # the variant the router picked
     upstream: str = ""  # name of the upstream that answered (after fallbacks)

@@ -60,6 +60,11 @@ from ownlm.store.schema import (
 )
 
 
+# the endpoints whose traces are generations an app's users see: the report counts these (an
+# embeddings call has no answer to rate)
+GENERATION_ENDPOINTS = ("chat.completions", "responses")
+
+
 class UnknownTraceError(StoreError):
     """Feedback names a trace id the store does not have."""
 
@@ -290,7 +295,7 @@ class TraceStore:
                 func.sum(case((unvalued, failed), else_=0)),
             )
             .select_from(tr.outerjoin(per_trace, per_trace.c.trace_id == tr.c.trace_id))
-            .where(tr.c.endpoint == "chat.completions")
+            .where(tr.c.endpoint.in_(GENERATION_ENDPOINTS))
             .group_by(*keys)
             .order_by(*keys)
         )
@@ -325,10 +330,10 @@ class TraceStore:
     def latencies(
         self, since: float | None = None, until: float | None = None
     ) -> list[tuple[str, str, float]]:
-        """(variant, alias, latency_ms) of every chat trace in the window, for percentiles."""
+        """(variant, alias, latency_ms) of every chat or Responses trace in the window."""
         tr = t.traces
         query = select(tr.c.variant, tr.c.alias, tr.c.latency_ms).where(
-            tr.c.endpoint == "chat.completions"
+            tr.c.endpoint.in_(GENERATION_ENDPOINTS)
         )
         if since is not None:
             query = query.where(tr.c.created_at >= since)

@@ -143,3 +143,17 @@ def test_cli_prints_a_table_and_writes_html_and_json(
     assert out.read_text().startswith("<!doctype html>")
     assert main(["report", "--set", f"store_url={tiny_store_url}", "--set", "bukket=hour"]) == 2
     assert "unknown key 'bukket'; did you mean 'bucket'?" in capsys.readouterr().err
+
+
+def test_responses_api_traffic_counts_like_chats(tiny_store_url: str) -> None:
+    before = build_report(cfg(tiny_store_url)).total
+    store = TraceStore(tiny_store_url)
+    tr = Trace(
+        endpoint="responses", variant="mini", upstream="local", alias="chat",
+        prompt_tokens=100, completion_tokens=50, latency_ms=40.0,
+    )  # fmt: skip
+    store.write_traces([tr, Trace(endpoint="embeddings", variant="strong", prompt_tokens=7)])
+    store.close()
+    after = build_report(cfg(tiny_store_url)).total
+    assert after.requests == before.requests + 1  # the Responses call; the embedding is left out
+    assert after.tokens == before.tokens + 150 and after.own_requests == before.own_requests + 1
