@@ -59,7 +59,6 @@ from ownlm.store.schema import (
     Trace,
 )
 
-
 # the endpoints whose traces are generations an app's users see: the report counts these (an
 # embeddings call has no answer to rate)
 GENERATION_ENDPOINTS = ("chat.completions", "responses")
