@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +53,7 @@ from ownlm.data.formats import (
 from ownlm.data.redact import RedactConfig, Redactions, redact_pii
 from ownlm.data.split import assign_sides, group_key
 from ownlm.errors import DataError, StoreError
+from ownlm.jsonl import PromptRow
 from ownlm.store.schema import Feedback, Trace
 from ownlm.store.trace_store import TraceStore, sqlite_path
 
@@ -221,10 +222,51 @@ def _fmt_counts(counts: Counter[str]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.most_common()) or "none"
 
 
+@dataclass
+class _Drops:
+    """What an export left out and why, per step (the manifest's `dropped`)."""
+
+    filter: Counter[str] = field(default_factory=Counter)
+    unusable: Counter[str] = field(default_factory=Counter)
+    feedback: Counter[str] = field(default_factory=Counter)
+    dedupe: Counter[str] = field(default_factory=Counter)
+
+
 def export(cfg: ExportConfig) -> ExportSummary:
-    """Write the datasets of cfg.kinds from the store to cfg.out_dir; returns the manifest."""
+    """Write the datasets of cfg.kinds from the store to cfg.out_dir; returns the manifest.
+
+    read the usable traces → build the rows of each kind → drop duplicates → split and write.
+    """
     out_dir = Path(cfg.out_dir)
     _check_writable(out_dir)
+    drops, tally = _Drops(), Redactions()
+    read, usable = read_usable(cfg, drops, tally)
+    rows = build_rows(usable, cfg, drops)
+    if cfg.dedupe is not None:
+        rows = drop_duplicates(rows, cfg.dedupe, cfg.kinds, cfg.seed, drops)
+    counts, lines = split_rows(rows, cfg, len(usable), drops)
+    files = write_files(out_dir, lines)
+    used_times = [u.trace.created_at for u in usable]
+    summary = ExportSummary(
+        out_dir=str(out_dir),
+        store_url=public_url(cfg.store_url),
+        created_at=_iso(time.time()) or "",
+        ownlm_version=ownlm.__version__,
+        traces_read=read,
+        time_range={"first": _iso(min(used_times)), "last": _iso(max(used_times))},
+        counts=counts,
+        dropped={k: dict(v) for k, v in vars(drops).items()},
+        redactions={"texts_changed": tally.texts_changed, **tally.by_label},
+        files=files,
+        config=cfg.model_dump(mode="json", exclude={"store_url"}),
+    )
+    _write_atomic(out_dir / "manifest.json", summary.model_dump_json(indent=2) + "\n")
+    return summary
+
+
+def read_usable(cfg: ExportConfig, drops: _Drops, tally: Redactions) -> tuple[int, list[_Usable]]:
+    """Traces oldest first that pass the filters and can be written faithfully, their texts
+    normalised and redacted; (traces read, usable)."""
     store = _open_store(cfg.store_url)
     try:
         total = store.count_traces()
@@ -237,14 +279,6 @@ def export(cfg: ExportConfig) -> ExportSummary:
         for fb in store.list_feedback():
             feedback[fb.trace_id].append(fb)
 
-        # 1. read, filter, normalise, redact
-        since = unix_seconds(cfg.filters.since) if cfg.filters.since else None
-        until = unix_seconds(cfg.filters.until) if cfg.filters.until else None
-        read, usable = 0, []
-        dropped_filter: Counter[str] = Counter()
-        dropped_unusable: Counter[str] = Counter()
-        tally = Redactions()
-
         def redact(obj: Any) -> Any:
             if cfg.redact is None:
                 return obj
@@ -253,17 +287,20 @@ def export(cfg: ExportConfig) -> ExportSummary:
                 obj, lambda s: redact_pii(s, redact_cfg, tally), skip_keys=_STRUCTURE_KEYS
             )
 
+        since = unix_seconds(cfg.filters.since) if cfg.filters.since else None
+        until = unix_seconds(cfg.filters.until) if cfg.filters.until else None
+        read, usable = 0, []
         traces = store.iter_traces(since=since, until=until)
         for trace in tqdm(traces, total=total, desc="export", unit="trace", disable=None):
             read += 1
             reason = drop_reason(trace, cfg.filters)
             if reason is not None:
-                dropped_filter[reason] += 1
+                drops.filter[reason] += 1
                 continue
             try:
                 prompt, answer = prompt_messages(trace), answer_message(trace)
             except SkipTrace as skip:
-                dropped_unusable[skip.args[0]] += 1
+                drops.unusable[skip.args[0]] += 1
                 continue
             reference = trace.metadata.get(cfg.rl.answer_key) if cfg.rl.answer_key else None
             usable.append(
@@ -276,21 +313,22 @@ def export(cfg: ExportConfig) -> ExportSummary:
                     reference=redact(str(reference)) if reference is not None else None,
                 )
             )
-        if total > read:
-            dropped_filter["time_range"] = total - read
-        if not usable:
-            raise DataError(
-                f"no trace left to export: {total} traces in the store; dropped by filters "
-                f"({_fmt_counts(dropped_filter)}), unusable ({_fmt_counts(dropped_unusable)}); "
-                "loosen the filters"
-            )
     finally:
         store.close()
+    if total > read:
+        drops.filter["time_range"] = total - read
+    if not usable:
+        raise DataError(
+            f"no trace left to export: {total} traces in the store; dropped by filters "
+            f"({_fmt_counts(drops.filter)}), unusable ({_fmt_counts(drops.unusable)}); "
+            "loosen the filters"
+        )
+    return read, usable
 
-    # 2. rows of each kind
+
+def build_rows(usable: list[_Usable], cfg: ExportConfig, drops: _Drops) -> list[_Row]:
+    """The rows of each kind in cfg.kinds, in trace time order within a kind."""
     rows: list[_Row] = []
-    dropped_feedback: Counter[str] = Counter()
-    dropped_dedupe: Counter[str] = Counter()
     # A later turn of a conversation sends the earlier turns (and their answers) as its prompt:
     # its SFT row holds the earlier rows whole, so with dedupe on those are dropped.
     within_later_prompt = {
@@ -306,57 +344,75 @@ def export(cfg: ExportConfig) -> ExportSummary:
             continue
         for u in usable:
             if not passes_feedback(u.feedback, cfg.filters.feedback):
-                dropped_feedback[kind] += 1
+                drops.feedback[kind] += 1
                 continue
-            if kind == "sft":
-                chat = [*u.prompt, u.answer]
-                if cfg.dedupe is not None and (
-                    normalize_text(message_text(chat)) in within_later_prompt
-                ):
-                    dropped_dedupe["sft_in_later_turn"] += 1
-                    continue
-                data: dict[str, Any] = {"messages": chat}
-                if u.tools is not None:
-                    data["tools"] = u.tools
-                text = dedupe_text(u.prompt)
-                if cfg.dedupe is not None and cfg.dedupe.sft_on == "prompt_and_answer":
-                    text = dedupe_text(chat)
-            else:
-                try:
-                    messages = up_to_last_user(u.prompt)
-                except SkipTrace as skip:
-                    dropped_unusable[f"rl_{skip.args[0]}"] += 1
-                    continue
-                data = {
-                    "id": u.trace.trace_id,
-                    "messages": messages,
-                    "answer": u.reference,
-                    "verifier": cfg.rl.verifier,
-                    "metadata": {
-                        "alias": u.trace.alias,
-                        "created_at": u.trace.created_at,
-                        "tags": list(u.trace.tags),
-                        # what serves the app today: the gate scores it against the candidate
-                        "served_variant": u.trace.variant,
-                        "served_answer": u.answer.get("content") or "",
-                    },
-                }
-                text = dedupe_text(messages)
-            rows.append(_Row(kind, data, text, [group_key(u.trace)]))
+            row = (
+                _sft_row(u, cfg, within_later_prompt, drops)
+                if kind == "sft"
+                else _rl_row(u, cfg, drops)
+            )
+            if row is not None:
+                rows.append(row)
+    return rows
 
-    # 3. duplicates, first by time kept (rows of a kind are in trace time order)
-    if cfg.dedupe is not None:
-        indexes = {k: DedupeIndex(cfg.dedupe.near_threshold, cfg.seed) for k in cfg.kinds}
-        kept = []
-        for row in rows:
-            verdict = indexes[row.kind].check_and_add(row.dedupe_text)
-            if verdict == "new":
-                kept.append(row)
-            else:
-                dropped_dedupe[f"{row.kind}_{verdict}"] += 1
-        rows = kept
 
-    # 4. split: one union of session groups across all kinds, so a session has one side
+def _sft_row(u: _Usable, cfg: ExportConfig, within_later: set[str], drops: _Drops) -> _Row | None:
+    chat = [*u.prompt, u.answer]
+    if cfg.dedupe is not None and normalize_text(message_text(chat)) in within_later:
+        drops.dedupe["sft_in_later_turn"] += 1
+        return None
+    data: dict[str, Any] = {"messages": chat}
+    if u.tools is not None:
+        data["tools"] = u.tools
+    text = dedupe_text(u.prompt)
+    if cfg.dedupe is not None and cfg.dedupe.sft_on == "prompt_and_answer":
+        text = dedupe_text(chat)
+    return _Row("sft", data, text, [group_key(u.trace)])
+
+
+def _rl_row(u: _Usable, cfg: ExportConfig, drops: _Drops) -> _Row | None:
+    try:
+        messages = up_to_last_user(u.prompt)
+    except SkipTrace as skip:
+        drops.unusable[f"rl_{skip.args[0]}"] += 1
+        return None
+    row = PromptRow(
+        id=u.trace.trace_id,
+        messages=messages,
+        answer=u.reference,
+        verifier=cfg.rl.verifier,
+        metadata={
+            "alias": u.trace.alias,
+            "created_at": u.trace.created_at,
+            "tags": list(u.trace.tags),
+            # what serves the app today: the gate scores it against the candidate
+            "served_variant": u.trace.variant,
+            "served_answer": u.answer.get("content") or "",
+        },
+    )
+    return _Row("rl", row.model_dump(), dedupe_text(messages), [group_key(u.trace)])
+
+
+def drop_duplicates(
+    rows: list[_Row], dedupe: DedupeConfig, kinds: list[Kind], seed: int, drops: _Drops
+) -> list[_Row]:
+    """Exact and near duplicates within each kind; the first by time is kept."""
+    indexes = {k: DedupeIndex(dedupe.near_threshold, seed) for k in kinds}
+    kept = []
+    for row in rows:
+        verdict = indexes[row.kind].check_and_add(row.dedupe_text)
+        if verdict == "new":
+            kept.append(row)
+        else:
+            drops.dedupe[f"{row.kind}_{verdict}"] += 1
+    return kept
+
+
+def split_rows(
+    rows: list[_Row], cfg: ExportConfig, n_usable: int, drops: _Drops
+) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
+    """Train/eval sides by one union of session groups across all kinds (a session has one
+    side); (counts per kind and side, JSON lines per file name)."""
     sides = assign_sides([r.keys for r in rows], cfg.seed, cfg.eval_fraction)
     counts = {k: {"train": 0, "eval": 0} for k in cfg.kinds}
     lines: dict[str, list[str]] = {f"{k}_{s}.jsonl": [] for k in cfg.kinds for s in counts[k]}
@@ -371,38 +427,22 @@ def export(cfg: ExportConfig) -> ExportSummary:
             else ""
         )
         raise DataError(
-            f"no {', '.join(empty)} rows from {len(usable)} usable traces{why} (dropped by "
-            f"feedback rule {cfg.filters.feedback!r}: {_fmt_counts(dropped_feedback)}; "
-            f"duplicates: {_fmt_counts(dropped_dedupe)}); remove the kind or loosen the filters"
+            f"no {', '.join(empty)} rows from {n_usable} usable traces{why} (dropped by "
+            f"feedback rule {cfg.filters.feedback!r}: {_fmt_counts(drops.feedback)}; "
+            f"duplicates: {_fmt_counts(drops.dedupe)}); remove the kind or loosen the filters"
         )
+    return counts, lines
 
-    # 5. write: old manifest first out, data files, manifest last
+
+def write_files(out_dir: Path, lines: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """The data files, after the old manifest is removed (the caller writes the new one last,
+    so a directory with a manifest holds a complete export); rows and sha256 per file."""
     (out_dir / "manifest.json").unlink(missing_ok=True)
     files = {}
     for name, file_lines in lines.items():
         text = "".join(line + "\n" for line in file_lines)
         files[name] = {"rows": len(file_lines), "sha256": _write_atomic(out_dir / name, text)}
-    used_times = [u.trace.created_at for u in usable]
-    summary = ExportSummary(
-        out_dir=str(out_dir),
-        store_url=public_url(cfg.store_url),
-        created_at=_iso(time.time()) or "",
-        ownlm_version=ownlm.__version__,
-        traces_read=read,
-        time_range={"first": _iso(min(used_times)), "last": _iso(max(used_times))},
-        counts=counts,
-        dropped={
-            "filter": dict(dropped_filter),
-            "unusable": dict(dropped_unusable),
-            "feedback": dict(dropped_feedback),
-            "dedupe": dict(dropped_dedupe),
-        },
-        redactions={"texts_changed": tally.texts_changed, **tally.by_label},
-        files=files,
-        config=cfg.model_dump(mode="json", exclude={"store_url"}),
-    )
-    _write_atomic(out_dir / "manifest.json", summary.model_dump_json(indent=2) + "\n")
-    return summary
+    return files
 
 
 def _pair_rows(usable: list[_Usable], min_gap: float) -> list[_Row]:

@@ -8,7 +8,8 @@ SFT (`sft_*.jsonl`), OpenAI's chat fine-tuning format, one conversation per line
   "arguments": str}}]` with `content` null or a string; a tool message carries `tool_call_id`.
 Pairs (`pairs_*.jsonl`), TRL's conversational preference format:
     {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}
-RL prompts (`rl_*.jsonl`), read by `ownlm/envs/prompt_set.py`:
+RL prompts (`rl_*.jsonl`), `ownlm.jsonl.PromptRow` (export writes it, `ownlm/envs/prompt_set.py`
+reads it):
     {"id": str,                       # the trace id
      "messages": [messages],          # the request's messages up to and with the last user turn
      "answer": str | null,            # trace.metadata[rl.answer_key], redacted like the text

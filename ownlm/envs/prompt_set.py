@@ -16,7 +16,6 @@ row verifiers and gives its own reward.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +32,7 @@ from ownlm.envs.rewards import (
     to_score,
 )
 from ownlm.errors import ConfigError, DataError
+from ownlm.jsonl import PromptRow, read_jsonl
 
 
 class PromptSetConfig(Config):
@@ -51,45 +51,28 @@ class PromptSetConfig(Config):
 
 
 def read_prompt_set(path: str | Path) -> list[Task]:
-    """Tasks of a prompt-set JSONL; errors name the file and line."""
+    """Tasks of a prompt-set JSONL (`ownlm.jsonl.PromptRow` rows); errors name the file and
+    line."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as err:
-        raise DataError(f"{p}: no such prompt set; write one with `ownlm export`") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{p}: cannot read it as UTF-8 text ({err})") from err
     tasks = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{p}:{number}: not JSON ({err.msg})") from err
-        messages = row.get("messages") if isinstance(row, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise DataError(f"{p}:{number}: a prompt-set row needs a non-empty 'messages' list")
+    for number, obj in read_jsonl(p, hint="write one with `ownlm export`"):
+        where = f"{p} line {number}"
+        row = PromptRow.parse(obj, where)
         users = [
-            m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"
+            m.get("content")
+            for m in row.messages
+            if isinstance(m, dict) and m.get("role") == "user"
         ]
         if not users or not isinstance(users[-1], str):
-            raise DataError(f"{p}:{number}: the messages have no user turn with text content")
-        answer = row.get("answer")
+            raise DataError(f"{where}: the messages have no user turn with text content")
         tasks.append(
             Task(
-                id=str(row.get("id", f"{p.stem}/{number}")),
+                id=row.id if row.id is not None else f"{p.stem}/{number}",
                 question=users[-1],
-                answer="" if answer is None else str(answer),
-                metadata={
-                    "messages": messages,
-                    "verifier": str(row.get("verifier") or "exact"),
-                    **(row.get("metadata") or {}),
-                },
+                answer="" if row.answer is None else row.answer,
+                metadata={"messages": row.messages, "verifier": row.verifier, **row.metadata},
             )
         )
-    if not tasks:
-        raise DataError(f"{p}: the prompt set is empty; export traces with `ownlm export`")
     return tasks
 
 

@@ -12,7 +12,6 @@ is a safetensors file with `weight` (384,) and `bias` (1,) and the embedding set
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ownlm.config import Config
 from ownlm.errors import ConfigError, DataError, ModelLoadError
+from ownlm.jsonl import read_jsonl
 from ownlm.models.embed import EMBEDDING_DIM, EMBEDDING_MODEL, Embedder, TextEmbedder
 
 
@@ -162,20 +162,11 @@ def load_scorer(path: str | Path, embedder: Embedder | None = None) -> Difficult
 def read_labelled_jsonl(path: str | Path) -> tuple[list[str], np.ndarray]:
     """Texts and 0/1 labels from a JSONL of {"text": str, "label": 0 or 1}."""
     p = Path(path)
-    try:
-        lines = p.read_text().splitlines()
-    except OSError as err:
-        raise DataError(f"cannot read labelled data {p}: {err.strerror}") from err
     texts, labels = [], []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{p} line {i}: not valid JSON ({err.msg})") from err
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise DataError(f"{p} line {i}: needs a string 'text'; got {line[:80]!r}")
+    hint = "write one with `ownlm router labels` or export labelled traces"
+    for i, row in read_jsonl(p, hint=hint):
+        if not isinstance(row.get("text"), str):
+            raise DataError(f"{p} line {i}: needs a string 'text'; got {str(row)[:80]!r}")
         if row.get("label") not in (0, 1) or isinstance(row.get("label"), bool):
             raise DataError(
                 f"{p} line {i}: 'label' must be 0 (easy) or 1 (hard), got {row.get('label')!r}"

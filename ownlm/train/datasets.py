@@ -44,6 +44,7 @@ import torch
 
 from ownlm.envs.tools import Tool, ToolCall, render_tool_call, render_tools
 from ownlm.errors import DataError
+from ownlm.jsonl import read_jsonl
 
 Message = dict[str, Any]  # role, content (str, or None beside tool_calls), name, tool_calls, ...
 ROLES = ("system", "user", "assistant", "tool")
@@ -87,29 +88,7 @@ class TokenizedPair:
 
 def _rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; errors name the file and line."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise DataError(f"{p}: no such file; pass the path of a JSONL dataset") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{p}: cannot read it as UTF-8 text ({err})") from err
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{p.name} line {number}: not valid JSON ({err.msg})") from err
-        if not isinstance(obj, dict):
-            raise DataError(
-                f"{p.name} line {number}: expected a JSON object, got {type(obj).__name__}"
-            )
-        rows.append((number, obj))
-    if not rows:
-        raise DataError(f"{p}: the file is empty; export some rows first")
-    return rows
+    return read_jsonl(path, hint="pass the path of a JSONL dataset (`ownlm export` writes them)")
 
 
 def _messages(value: Any, key: str, where: str, *, default_role: str) -> list[Message]:

@@ -61,11 +61,17 @@ def test_rows_become_tasks_and_row_verifiers_grade(tmp_path: Path) -> None:
 
 
 def test_bad_prompt_sets_get_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="no such prompt set"):
+    with pytest.raises(DataError, match=r"missing.jsonl: no such file; write one with `ownlm"):
         PromptSetEnv(PromptSetConfig(train_path=str(tmp_path / "missing.jsonl"))).tasks("train", 1)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:1: .*non-empty 'messages'"):
+    with pytest.raises(DataError, match=r"bad.jsonl line 1: .*non-empty 'messages'"):
+        PromptSetEnv(PromptSetConfig(train_path=str(bad))).tasks("train", 1)
+    bad.write_text('{"messages": [{"role": "user", "content": "q"}], "verifier": 3}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl line 1: 'verifier': Input should be a valid"):
+        PromptSetEnv(PromptSetConfig(train_path=str(bad))).tasks("train", 1)
+    bad.write_text("[1, 2]\n")  # the one reader's format, as for every JSONL ownlm reads
+    with pytest.raises(DataError, match=r"bad.jsonl line 1: expected a JSON object, got list"):
         PromptSetEnv(PromptSetConfig(train_path=str(bad))).tasks("train", 1)
     ok = write_rows(tmp_path / "ok.jsonl", [dict(ROWS[0], verifier="nope")])
     env = PromptSetEnv(PromptSetConfig(train_path=str(ok)))

@@ -14,13 +14,13 @@ directory of .txt/.md files (title = file name); `load_questions(path)` reads a 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from ownlm.envs.base import Task
 from ownlm.errors import DataError
+from ownlm.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def load_documents(path: str | Path) -> list[Document]:
         for i, f in enumerate(files):
             docs.append(Document(i, f.stem, f.read_text(encoding="utf-8").strip()))
     elif p.is_file():
-        for number, obj in _jsonl(p):
+        for number, obj in read_jsonl(p, hint="pass a JSONL file or a folder of .txt"):
             if not isinstance(obj.get("text"), str):
                 raise DataError(f'{p} line {number}: a document needs a string "text"')
             doc_id = obj.get("id", len(docs))
@@ -157,7 +157,7 @@ def load_documents(path: str | Path) -> list[Document]:
 def load_questions(path: str | Path) -> dict[str, list[Task]]:
     """Questions from JSONL rows {"question", "answer", "doc_id", "split"} by split."""
     splits: dict[str, list[Task]] = {"train": [], "test": []}
-    for number, obj in _jsonl(Path(path)):
+    for number, obj in read_jsonl(path, hint="pass a JSONL file of questions"):
         split = obj.get("split", "train")
         if split not in splits:
             raise DataError(f"{path} line {number}: split must be 'train' or 'test', got {split}")
@@ -173,22 +173,3 @@ def load_questions(path: str | Path) -> dict[str, list[Task]]:
             )
         )
     return splits
-
-
-def _jsonl(path: Path) -> list[tuple[int, dict]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read it ({err}); pass a JSONL file") from err
-    out = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {number}: not valid JSON ({err.msg})") from err
-        if not isinstance(obj, dict):
-            raise DataError(f"{path} line {number}: expected a JSON object")
-        out.append((number, obj))
-    return out
