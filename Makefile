@@ -7,7 +7,13 @@ PIPQ   := --quiet --disable-pip-version-check
 
 ENGINE := $(VENV)/llama.cpp/.built
 
-.PHONY: demo demo-grpo test test-slow bench lint clean-venv postgres system-deps engine
+# Client libraries the tests drive outside the main venv (tests/gateway/test_clients_outside.py)
+CLIENTS_VENV  ?= .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+NODE_CLIENTS  := tests/clients/node
+NODE_STAMP    := $(NODE_CLIENTS)/node_modules/.installed
+
+.PHONY: demo demo-grpo test test-slow bench lint clean-venv postgres system-deps engine clients
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,11 +29,14 @@ engine: $(STAMP)
 	PY=$(PY) scripts/build_llama_cpp.sh $(VENV)/llama.cpp
 
 # Debian packages the tests drive: PostgreSQL server binaries for the store tests (they start
-# their own server on loopback) and chromium for the headless dashboard test (tests/report).
+# their own server on loopback), chromium for the headless dashboard test (tests/report), and
+# Node.js with npm for the Node client libraries (tests/clients/node).
 system-deps:
 	@missing=""; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	  command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  fi
@@ -35,8 +44,22 @@ system-deps:
 # the old name of system-deps
 postgres: system-deps
 
-test: $(STAMP) engine system-deps
-	$(PY) -m pytest -m "not slow"
+# instructor and litellm pin packages the main venv pins otherwise (docs/gateway.md, "Client
+# libraries"): a side venv with every package pinned. No torch: nothing in it needs one.
+$(CLIENTS_STAMP): tests/clients/requirements.txt
+	test -x $(CLIENTS_VENV)/bin/python || python3 -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install $(PIPQ) -r tests/clients/requirements.txt
+	touch $(CLIENTS_STAMP)
+
+# The openai npm package and the Vercel AI SDK at package-lock.json's versions.
+$(NODE_STAMP): $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json | system-deps
+	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+clients: $(CLIENTS_STAMP) $(NODE_STAMP)
+
+test: $(STAMP) engine system-deps clients
+	OWNLM_CLIENTS_VENV=$(CLIENTS_VENV) $(PY) -m pytest -m "not slow"
 	$(PY) -m pytest -m "slow and not long" --maxfail=1
 
 test-slow: $(STAMP) engine
