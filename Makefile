@@ -29,7 +29,8 @@ engine: $(STAMP)
 	PY=$(PY) scripts/build_llama_cpp.sh $(VENV)/llama.cpp
 
 # Debian packages the tests drive: PostgreSQL server binaries for the store tests (they start
-# their own server on loopback), chromium for the headless dashboard test (tests/report), and
+# their own server on loopback), chromium for the headless dashboard test (tests/report) and
+# redis-server (Valkey's protocol) for the gateway replica tests, which start their own, and
 # Node.js with npm for the Node client libraries (tests/clients/node).
 system-deps:
 	@missing=""; \
@@ -37,6 +38,7 @@ system-deps:
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	  command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	  command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	  command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  fi

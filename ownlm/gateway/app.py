@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
 import functools
 import logging
 import time
@@ -23,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis
 
-from ownlm.errors import StoreError
+from ownlm.errors import OwnlmError, StoreError
 from ownlm.gateway import admin, deployments, responses
 from ownlm.gateway.asgi import (
     ClientGone,
@@ -38,11 +40,12 @@ from ownlm.gateway.asgi import (
     send_error,
     send_json,
 )
-from ownlm.gateway.auth import ADMIN_ID, KeyRing, authorization
+from ownlm.gateway.auth import ADMIN_ID, KeyRing, authorization, over_budget, rate_limited
 from ownlm.gateway.background import TaskHealth, run_forever
 from ownlm.gateway.cache import ReplyCache, cache_key
 from ownlm.gateway.config import GatewayConfig, UpstreamConfig
 from ownlm.gateway.local import ReplayStream, completion_sse
+from ownlm.gateway.shared import HEARTBEAT_S, SharedState, SharedStateError
 from ownlm.gateway.tracing import PendingTrace, request_labels
 from ownlm.gateway.upstream import (
     OpenAIHTTPUpstream,
@@ -149,6 +152,8 @@ class Gateway:
         self.cache = ReplyCache(cfg.cache_max_entries, cfg.cache_ttl_s)
         self.store: TraceStore | None = None
         self.writer: TraceWriter | None = None
+        self.shared: SharedState | None = None  # replicas: limits, budgets, cache, lease
+        self._store_lock: Any = None  # the open lock file of a SQLite store
         self._tasks: list[asyncio.Task[None]] = []
         self.task_health: dict[str, TaskHealth] = {}
         self.routes = {
@@ -215,6 +220,9 @@ class Gateway:
         except StoreError as err:  # a store call of any endpoint (admin keys, stored responses)
             message = f"the store failed: {err}; retry"
             await send_error(send, WireError(503, message, type_="server_error"))
+        except SharedStateError as err:  # replicas: limits and budgets fail closed
+            message = f"the shared state (shared_state_url) did not answer: {err}; retry"
+            await send_error(send, WireError(503, message, type_="server_error"))
         except ClientGone:
             return
 
@@ -224,7 +232,7 @@ class Gateway:
         """POST /v1/chat/completions, whole or streamed."""
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
-        key_id = self.authenticate(headers)  # before the body is read
+        key_id = await self.authenticate(headers)  # before the body is read
         body = self.parse_body(await read_body(receive, headers, self.cfg.max_body_bytes))
         check_chat_request(body)
         alias = self.check_alias(body["model"])
@@ -238,7 +246,7 @@ class Gateway:
         ckey = None
         if not stream and (wants_cache or self.cfg.models[decision.variant].cache):
             ckey = cache_key(decision.variant, body)
-            hit = self.cache.get(ckey)
+            hit = await self.cached(ckey)
             if hit is not None:
                 self.set_target(trace, decision.variant)
                 trace.finish(200, hit, cache_hit=True)
@@ -260,7 +268,7 @@ class Gateway:
             trace.finish(reply.status, reply.body)
             await send_bytes(send, reply.status, reply.body, tid, reply.content_type.encode())
             if ckey is not None and reply.status == 200:
-                self.cache.put(ckey, reply.body)
+                await self.cache_reply(ckey, reply.body)
             self.record(trace)
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + tid})
@@ -285,7 +293,7 @@ class Gateway:
         """POST /v1/embeddings, passed through to the model's upstream."""
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
-        key_id = self.authenticate(headers)  # before the body is read
+        key_id = await self.authenticate(headers)  # before the body is read
         body = self.parse_body(await read_body(receive, headers, self.cfg.max_body_bytes))
         check_embeddings_request(body)
         alias = self.check_alias(body["model"])
@@ -297,7 +305,7 @@ class Gateway:
         trace = PendingTrace(t0, "embeddings", alias, body, decision, key_id, user, session)
         trace.tags, trace.metadata = tags, metadata
         if self.keys.has_budget(key_id):
-            trace.reserved_usd = self.keys.reserve(
+            trace.reserved_usd = await self.reserve(
                 key_id, self.worst_case_usd(decision.variant, len(text.encode()) + 8, 0)
             )
         tid = [(b"x-ownlm-trace-id", trace.trace_id.encode())]
@@ -319,7 +327,7 @@ class Gateway:
     async def feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/feedback: answered only after the feedback row is durably committed."""
         headers = dict(scope["headers"])
-        key_id = self.authenticate(headers)  # before the body is read
+        key_id = await self.authenticate(headers)  # before the body is read
         body = self.parse_body(await read_body(receive, headers, self.cfg.max_body_bytes))
         fb = admin.parse_feedback(body, self.cfg)
         fb.key_id = key_id
@@ -339,7 +347,7 @@ class Gateway:
 
     async def list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /v1/models: the names clients may send."""
-        self.authenticate(dict(scope["headers"]))
+        await self.authenticate(dict(scope["headers"]))
         data = [
             {"id": a, "object": "model", "created": 0, "owned_by": "ownlm"} for a in self.aliases
         ]
@@ -347,7 +355,7 @@ class Gateway:
 
     async def retrieve_model(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /v1/models/{id}: one name clients may send, as an OpenAI model object."""
-        self.authenticate(dict(scope["headers"]))
+        await self.authenticate(dict(scope["headers"]))
         alias = scope["path_params"]["id"]
         if alias not in self.aliases:
             raise self.unknown_model(alias, self.aliases)
@@ -391,11 +399,45 @@ class Gateway:
         """The request body as a JSON object within `max_json_depth`, or a 400."""
         return parse_json_object(raw, self.cfg.max_json_depth)
 
-    def authenticate(self, headers: dict[bytes, bytes]) -> str | None:
-        """The caller's key id (None when keys are not required), or a 401/429 WireError."""
+    async def authenticate(self, headers: dict[bytes, bytes]) -> str | None:
+        """The caller's key id (None when keys are not required), or a 401/429 WireError; with
+        replicas the rate limit is counted in the shared state."""
         if not self.cfg.require_keys:
             return None
-        return self.keys.check(authorization(headers))
+        if self.shared is None:
+            return self.keys.check(authorization(headers))
+        state = self.keys.identify(authorization(headers))
+        if state is None:
+            return ADMIN_ID
+        key = state.key
+        wait_s = await self.shared.take(key.key_id, key.rate_per_s, key.burst)
+        if wait_s > 0:
+            raise rate_limited(key, wait_s)
+        return key.key_id
+
+    async def reserve(self, key_id: str | None, usd: float) -> float:
+        """Hold a request's worst-case cost against its key's budget (KeyRing.reserve, or the
+        shared state's with replicas); what is held, or a 429."""
+        if self.shared is None:
+            return self.keys.reserve(key_id, usd)
+        state = self.keys.get(key_id)
+        if state is None or state.key.budget_usd is None:
+            return 0.0
+        held, spent, holds = await self.shared.reserve(state.key.key_id, state.key.budget_usd, usd)
+        if not held:
+            raise over_budget(state.key, spent, holds)
+        return usd
+
+    async def cached(self, key: str) -> bytes | None:
+        if self.shared is not None:
+            return await self.shared.cache_get(key)
+        return self.cache.get(key)
+
+    async def cache_reply(self, key: str, reply: bytes) -> None:
+        if self.shared is not None:
+            await self.shared.cache_put(key, reply)
+        else:
+            self.cache.put(key, reply)
 
     def check_alias(self, alias: str) -> str:
         """The alias if the gateway serves it, else a 404 listing the ones it does."""
@@ -459,7 +501,7 @@ class Gateway:
             out = body.get("max_tokens") or body.get("max_completion_tokens")
             out = out or body.get("max_output_tokens") or self.cfg.budget_default_output_tokens
             n = body.get("n") or 1
-            trace.reserved_usd = self.keys.reserve(
+            trace.reserved_usd = await self.reserve(
                 key_id, self.worst_case_usd(decision.variant, prompt_bound, out * n)
             )
         return trace
@@ -595,7 +637,10 @@ class Gateway:
                 try:
                     await self.start()
                 except Exception as err:  # reported to the server, which stops with it
-                    log.exception("gateway failed to start")
+                    if isinstance(err, OwnlmError):  # the message says what to change
+                        log.error("gateway failed to start: %s", err)
+                    else:
+                        log.exception("gateway failed to start")
                     await send({"type": "lifespan.startup.failed", "message": str(err)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -606,6 +651,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the store, start the writer, load keys, connect upstreams, start refreshers."""
+        self._store_lock = lock_sqlite_store(self.cfg.store_url)
         self.store = await asyncio.to_thread(
             TraceStore, self.cfg.store_url, self.cfg.store_timeout_s
         )
@@ -622,6 +668,9 @@ class Gateway:
             timeout_s=self.cfg.store_timeout_s,
         )
         await asyncio.to_thread(admin.load_keys, self)
+        if self.cfg.shared_state_url is not None:
+            self.shared = SharedState(self.cfg.shared_state_url, self.cfg.cache_ttl_s)
+            await self.shared.start(await asyncio.to_thread(self.store.spend_by_key))
         await asyncio.to_thread(admin.record_experiments, self)
         await asyncio.to_thread(self.restore_decisions, self.router)
         for up in self.upstreams.values():
@@ -632,8 +681,15 @@ class Gateway:
              self.cfg.deploy_refresh_s),
             ("arm_stats", self._refresh_arm_stats_once, self.cfg.arm_stats_interval_s),
         ):  # fmt: skip
-            health = self.task_health[name] = TaskHealth()
-            self._tasks.append(asyncio.create_task(run_forever(name, step, interval_s, health)))
+            self.run_task(name, step, interval_s)
+        if self.shared is not None:
+            self.run_task("keys", self._refresh_keys_once, self.cfg.key_refresh_s)
+            self.run_task("replica", self.shared.heartbeat, HEARTBEAT_S)
+
+    def run_task(self, name: str, step: Any, interval_s: float) -> None:
+        """Run `step` every `interval_s` until the gateway stops (background.run_forever)."""
+        health = self.task_health[name] = TaskHealth()
+        self._tasks.append(asyncio.create_task(run_forever(name, step, interval_s, health)))
 
     def restore_decisions(self, router: Router) -> None:
         """Give the router's experiments the eliminations their tests made before (stored)."""
@@ -657,16 +713,38 @@ class Gateway:
             await up.close()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
+        if self.shared is not None:
+            await self.shared.close()
         if self.store is not None:
             self.store.close()
+        if self._store_lock is not None:
+            self._store_lock.close()  # releases the flock
 
     def _settle(self, item: Any, row: Any) -> None:
         """A trace was built (in the writer thread): its key's hold is released and its cost
         counted, stored or not; a trace that could not be priced counts its whole hold."""
         held = getattr(item, "reserved_usd", 0.0)
         cost = held if row is None else row.cost_usd
-        if held or cost:
-            self.keys.settle(getattr(item, "key_id", None), held, cost)
+        key_id = getattr(item, "key_id", None)
+        if not (held or cost) or key_id is None:
+            return
+        if self.shared is None:
+            self.keys.settle(key_id, held, cost)
+            return
+        try:
+            self.shared.settle(key_id, held, cost)
+        except redis.RedisError as err:  # the hold lapses with this replica's heartbeat
+            log.error("could not settle $%.6f of key %s in the shared state: %s", cost, key_id, err)
+
+    async def _refresh_keys_once(self) -> None:
+        """Replicas: keys created or disabled on any replica (the api_keys table) apply here."""
+        assert self.store is not None
+        for key in await asyncio.to_thread(self.store.list_keys):
+            known = self.keys.get(key.key_id)
+            if known is None:
+                self.keys.add(key)
+            elif key.disabled and not known.key.disabled:
+                self.keys.disable(key.key_id)
 
     async def _refresh_arm_stats_once(self) -> None:
         """Read the experiments' feedback stats, update the router, act on decided canaries."""
@@ -678,6 +756,11 @@ class Gateway:
         stats = []
         for name in router.experiments:
             stats.extend(await asyncio.to_thread(store.arm_stats, name))
+        if self.shared is not None and not await self.shared.lead(
+            "decisions", 3 * self.cfg.arm_stats_interval_s
+        ):  # another replica decides: take its decisions from the store
+            await asyncio.to_thread(self.restore_decisions, router)
+            return
         router.update_arm_stats(stats)
         for name, exp in router.experiments.items():  # a new decision outlives a restart
             if exp.eliminated != self.decided.get(name, frozenset()):
@@ -685,6 +768,30 @@ class Gateway:
                 self.decided[name] = exp.eliminated
         if self.live_deployments:
             await asyncio.to_thread(deployments.act_on_canaries, self)
+
+
+def lock_sqlite_store(url: str) -> Any:
+    """An exclusive lock on `<db>.gateway.lock` beside a SQLite store (None for PostgreSQL):
+    one gateway per SQLite file, since limits, budgets and decisions live in its memory."""
+    db = sqlite_path(url)
+    if db is None:
+        return None
+    path = db.with_name(db.name + ".gateway.lock")
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        f = path.open("a")
+    except OSError as err:
+        raise StoreError(f"cannot open the store's lock file {path}: {err.strerror}") from err
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise StoreError(
+            f"another ownlm serve already uses the SQLite store {db}: run one gateway per "
+            "SQLite file; for several replicas use a PostgreSQL store_url and shared_state_url "
+            "(docs/scale.md)"
+        ) from None
+    return f
 
 
 def spill_path(cfg: GatewayConfig) -> str:

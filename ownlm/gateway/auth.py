@@ -129,6 +129,22 @@ class KeyRing:
 
     def check(self, authorization: bytes | None) -> str:
         """The key id allowed to make this request, or a WireError (401 or 429)."""
+        state = self.identify(authorization)
+        if state is None:
+            return ADMIN_ID
+        _check_budget(state)
+        key = state.key
+        now = time.monotonic()
+        tokens = min(float(key.burst), state.tokens + (now - state.last_s) * key.rate_per_s)
+        state.last_s = now
+        if tokens < 1.0:
+            state.tokens = tokens
+            raise rate_limited(key, (1.0 - tokens) / key.rate_per_s)
+        state.tokens = tokens - 1.0
+        return key.key_id
+
+    def identify(self, authorization: bytes | None) -> KeyState | None:
+        """The enabled key the header carries (None: the admin key), else a 401 WireError."""
         secret = self._secret(authorization)
         if not secret:
             raise WireError(
@@ -140,7 +156,7 @@ class KeyRing:
             )
         h = self._hash(secret)
         if h == self.admin_sha256:
-            return ADMIN_ID
+            return None
         state = self._by_hash.get(h)
         if state is None or state.key.disabled:
             raise WireError(
@@ -149,39 +165,40 @@ class KeyRing:
                 type_="authentication_error",
                 code="invalid_api_key",
             )
-        key = state.key
-        _check_budget(state)
-        now = time.monotonic()
-        tokens = min(float(key.burst), state.tokens + (now - state.last_s) * key.rate_per_s)
-        state.last_s = now
-        if tokens < 1.0:
-            state.tokens = tokens
-            wait_s = (1.0 - tokens) / key.rate_per_s
-            raise WireError(
-                429,
-                f"key '{key.name}' is over its rate limit of {key.rate_per_s:g} requests/s "
-                f"(burst {key.burst}); retry in {wait_s:.2f} s",
-                type_="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers=[(b"retry-after", f"{max(wait_s, 0.001):.3f}".encode())],
-            )
-        state.tokens = tokens - 1.0
-        return key.key_id
+        return state
+
+    def get(self, key_id: str | None) -> KeyState | None:
+        """The key with this id, if the ring has it."""
+        return self._by_id.get(key_id) if key_id is not None else None
+
+
+def rate_limited(key: ApiKey, wait_s: float) -> WireError:
+    """The 429 of a key over its rate limit (in one process or across replicas)."""
+    return WireError(
+        429,
+        f"key '{key.name}' is over its rate limit of {key.rate_per_s:g} requests/s "
+        f"(burst {key.burst}); retry in {wait_s:.2f} s",
+        type_="rate_limit_error",
+        code="rate_limit_exceeded",
+        headers=[(b"retry-after", f"{max(wait_s, 0.001):.3f}".encode())],
+    )
 
 
 def _check_budget(state: KeyState) -> None:
     """The one budget rule: a 429 once the key's spend plus what requests in flight hold has
     reached its budget (checked when a request arrives, and again when it reserves)."""
     key = state.key
-    if key.budget_usd is None or state.spent_usd + state.reserved_usd < key.budget_usd:
-        return
-    held = ""
-    if state.reserved_usd:
-        held = f" and holds ${state.reserved_usd:.4f} for requests in flight"
-    retry = "retry when they finish, or " if state.reserved_usd else ""
-    raise WireError(
+    if key.budget_usd is not None and state.spent_usd + state.reserved_usd >= key.budget_usd:
+        raise over_budget(key, state.spent_usd, state.reserved_usd)
+
+
+def over_budget(key: ApiKey, spent_usd: float, held_usd: float) -> WireError:
+    """The 429 of a key whose spend plus holds reached its budget (one process or replicas)."""
+    held = f" and holds ${held_usd:.4f} for requests in flight" if held_usd else ""
+    retry = "retry when they finish, or " if held_usd else ""
+    return WireError(
         429,
-        f"key '{key.name}' spent ${state.spent_usd:.4f}{held} of its ${key.budget_usd:.4f} "
+        f"key '{key.name}' spent ${spent_usd:.4f}{held} of its ${key.budget_usd:.4f} "
         f"budget; {retry}ask the admin to raise it",
         type_="insufficient_quota",
         code="insufficient_quota",

@@ -118,6 +118,15 @@ class GatewayConfig(Config):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8400, ge=0, le=65535, description="port to listen on")
     store_url: str = Field("sqlite:///ownlm.db", description="where traces and feedback go")
+    shared_state_url: str | None = Field(
+        None,
+        description="Valkey or Redis (redis://host:6379/0) holding rate limits, budgets, the "
+        "cache and the decision lease, for several gateway replicas on one PostgreSQL store; "
+        "null: this process keeps them (one gateway per store)",
+    )
+    key_refresh_s: float = Field(
+        1.0, gt=0, description="replicas: how often created and disabled keys are read"
+    )
     store_timeout_s: float = Field(
         5.0,
         gt=0,
@@ -213,6 +222,18 @@ class GatewayConfig(Config):
         0.0, ge=0, description="price of deployed own models, for cost and savings reports"
     )
     own_price_out_usd_per_mtok: float = Field(0.0, ge=0, description="output tokens")
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> GatewayConfig:
+        if self.shared_state_url is not None and not self.store_url.startswith(
+            ("postgresql://", "postgres://", "postgresql+")
+        ):
+            raise ValueError(
+                "shared_state_url is for gateway replicas, and replicas share one PostgreSQL "
+                f"store; store_url is {self.store_url!r}: set it to "
+                "postgresql://user@host:5432/db, or drop shared_state_url for one gateway"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_names(self) -> GatewayConfig:

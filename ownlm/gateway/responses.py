@@ -67,7 +67,7 @@ class ResponsesAPI:
         gw = self.gw
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
-        key_id = gw.authenticate(headers)  # before the body is read
+        key_id = await gw.authenticate(headers)  # before the body is read
         body = gw.parse_body(await read_body(receive, headers, gw.cfg.max_body_bytes))
         check_responses_request(body)
         alias = gw.check_alias(body["model"])
@@ -133,7 +133,7 @@ class ResponsesAPI:
 
     async def retrieve(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /v1/responses/{id}: a stored response."""
-        key_id = self.gw.authenticate(dict(scope["headers"]))
+        key_id = await self.gw.authenticate(dict(scope["headers"]))
         rid = scope["path"].rsplit("/", 1)[1]
         stored = await self.find(rid, key_id)
         if stored is None:
