@@ -194,38 +194,47 @@ async def _load(
 
 
 def run_load(
-    port: int, stream: bool, clients: int, n_max: int, duration_s: float
+    port: int, stream: bool, clients: int, n_max: int, duration_s: float, responses: bool = False
 ) -> dict[str, Any]:
     """Run the load client in its own process; returns its JSON summary."""
-    cmd = [
-        sys.executable,
-        __file__,
-        "--load",
-        str(port),
-        "--clients",
-        str(clients),
-        "--n",
-        str(n_max),
-        "--duration-s",
-        str(duration_s),
-    ] + (["--stream"] if stream else [])
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--load",
+            str(port),
+            "--clients",
+            str(clients),
+            "--n",
+            str(n_max),
+            "--duration-s",
+            str(duration_s),
+        ]
+        + (["--stream"] if stream else [])
+        + (["--responses"] if responses else [])
+    )
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 120)
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
 
 
-def chat_request(stream: bool) -> bytes:
+def chat_request(stream: bool, responses: bool = False) -> bytes:
     body: dict[str, Any] = {
         "model": "chat",
         "messages": [{"role": "user", "content": "Say hi"}],
         "max_tokens": 16,
     }
+    path = b"/v1/chat/completions"
+    if responses:  # the same question through the Responses API (translated to chat upstream)
+        body, path = {"model": "chat", "input": "Say hi", "max_output_tokens": 16}, b"/v1/responses"
     if stream:
         body.update(stream=True, stream_options={"include_usage": True})
     raw = json.dumps(body).encode()
     return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"
         + b"content-type: application/json\r\n"
         + f"authorization: Bearer {KEY}\r\ncontent-length: {len(raw)}\r\n\r\n".encode()
         + raw
@@ -425,6 +434,44 @@ def measure_all(
     return out
 
 
+def measure_responses(port: int, pid: int | None, args: argparse.Namespace) -> dict[str, Any]:
+    """ownlm only: CPU per request of POST /v1/responses vs chat completions, whole replies,
+    in alternating rounds at 64 clients (the Responses call is translated to chat and back)."""
+    assert pid is not None
+    cpu: dict[str, list[float]] = {"chat": [], "responses": []}
+    rps: dict[str, list[float]] = {"chat": [], "responses": []}
+    run_load(port, False, 8, 10**9, 1.0, responses=True)  # warm up
+    for r in range(args.rounds + 2):
+        for api in ("chat", "responses"):
+            ticks0 = cpu_ticks(pid)
+            tput = run_load(port, False, args.clients, 10**9, args.duration_s, api == "responses")
+            if tput["errors"]:
+                raise RuntimeError(f"{api}: {tput['errors']} errors through ownlm")
+            secs = (cpu_ticks(pid) - ticks0) / os.sysconf("SC_CLK_TCK")
+            cpu[api].append(1000.0 * secs / max(tput["n"], 1))
+            rps[api].append(tput["rps"])
+            print(
+                f"  round {r + 1} {api:9s} ownlm {tput['rps']:7.0f} req/s  cpu/req "
+                f"{cpu[api][-1]:6.3f} ms",
+                flush=True,
+            )
+    return {"cpu": cpu, "rps": rps}
+
+
+def report_responses(t: dict[str, Any]) -> None:
+    chat, resp = (statistics.median(t["cpu"][k]) for k in ("chat", "responses"))
+    pairs = [b - a for a, b in zip(t["cpu"]["chat"], t["cpu"]["responses"], strict=True)]
+    print(
+        f"\nResponses API vs chat completions through ownlm (whole replies, 64 clients): "
+        f"cpu/req {resp:.3f} vs {chat:.3f} ms, +{resp - chat:.3f} ms (per round: "
+        + ", ".join(f"{d:+.3f}" for d in pairs)
+        + f"); req/s {statistics.median(t['rps']['responses']):.0f} vs "
+        f"{statistics.median(t['rps']['chat']):.0f}"
+    )
+    ok = resp - chat <= 0.1
+    print(f"         goal: translation <= 0.1 ms CPU per request {'met' if ok else 'MISSED'}")
+
+
 def report(results: dict[str, dict[str, Any]]) -> None:
     print("\npath       mode    p50 ms  p99 ms  +p50 ms  +p99 ms   req/s@64  cpu ms/req  errors")
     for mode in ("plain", "stream"):
@@ -478,6 +525,7 @@ def main() -> None:
     p.add_argument("--load", type=int, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=1000, help=argparse.SUPPRESS)
     p.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--responses", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.mock:
         run_mock(args.mock)
@@ -485,7 +533,7 @@ def main() -> None:
     if args.load:
         import uvloop
 
-        req = chat_request(args.stream)
+        req = chat_request(args.stream, args.responses)
         res = uvloop.run(_load(args.load, req, args.clients, args.n, args.duration_s))
         print(json.dumps(res))
         return
@@ -554,10 +602,12 @@ def main() -> None:
                 flush=True,
             )
             results = measure_all(paths, args)
+            translation = measure_responses(*paths["ownlm"], args)
         finally:
             for proc in reversed(procs):
                 stop(proc)
         report(results)
+        report_responses(translation)
 
 
 if __name__ == "__main__":
