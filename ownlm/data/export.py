@@ -290,17 +290,30 @@ def read_usable(cfg: ExportConfig, drops: _Drops, tally: Redactions) -> tuple[in
         since = unix_seconds(cfg.filters.since) if cfg.filters.since else None
         until = unix_seconds(cfg.filters.until) if cfg.filters.until else None
         read, usable = 0, []
+        earlier: dict[str, list[Message]] = {}  # Responses turns: trace id -> prompt + answer
         traces = store.iter_traces(since=since, until=until)
         for trace in tqdm(traces, total=total, desc="export", unit="trace", disable=None):
             read += 1
             reason = drop_reason(trace, cfg.filters)
-            if reason is not None:
+            if reason is not None and trace.endpoint != "responses":
                 drops.filter[reason] += 1
                 continue
             try:
-                prompt, answer = prompt_messages(trace), answer_message(trace)
+                prompt, answer = prompt_messages(trace, earlier), answer_message(trace)
             except SkipTrace as skip:
-                drops.unusable[skip.args[0]] += 1
+                if reason is None:
+                    drops.unusable[skip.args[0]] += 1
+                else:
+                    drops.filter[reason] += 1
+                continue
+            if trace.endpoint == "responses" and trace.request.get("store") is not False:
+                own = prompt[1:] if prompt and prompt[0]["role"] == "system" else prompt
+                if trace.request.get("instructions"):
+                    earlier[trace.trace_id] = [*own, answer]  # instructions do not carry over
+                else:
+                    earlier[trace.trace_id] = [*prompt, answer]
+            if reason is not None:  # read for a later turn's conversation, not exported
+                drops.filter[reason] += 1
                 continue
             reference = trace.metadata.get(cfg.rl.answer_key) if cfg.rl.answer_key else None
             usable.append(

@@ -1,8 +1,8 @@
 """Which traces an export uses: config of the filters, the first filter a trace fails, rewards.
 
-Always applied: endpoint chat.completions, status 200. Optional (an empty list or null means
-no filter): alias, variant, upstream_model, created_at range, tags (any of), max cost, and
-feedback on the trace:
+Always applied: endpoint chat.completions or responses, status 200. Optional (an empty list or
+null means no filter): alias, variant, upstream_model, created_at range, tags (any of), max
+cost, and feedback on the trace:
 - any: every trace;
 - not_negative: no thumbs-down row;
 - positive: at least one thumbs-up row and no thumbs-down row.
@@ -48,7 +48,7 @@ def unix_seconds(when: datetime) -> float:
 
 def drop_reason(trace: Trace, cfg: FilterConfig) -> str | None:
     """Name of the first filter (other than feedback) the trace fails, or None to keep it."""
-    if trace.endpoint != "chat.completions":
+    if trace.endpoint not in ("chat.completions", "responses"):
         return "endpoint"
     if trace.status != 200:
         return "status"

@@ -16,6 +16,11 @@ reads it):
      "verifier": str,                 # rl.verifier from the config, e.g. "reasoning_gym:chain_sum"
      "metadata": {"alias": str, "created_at": float, "tags": [str]}}
 
+Responses API traces (`endpoint: responses`) are exported the same way: the gateway stores the
+request as the client sent it and the reply as the chat completion the upstream gave, so the
+prompt is the Responses input as chat messages (instructions, the earlier turns of
+`previous_response_id`, the input items) and the answer is that completion's message.
+
 Messages are normalised before anything else: a content given as a list of parts becomes the
 joined text of its text parts ("developer" becomes "system"); keys other than role, content,
 name, tool_calls and tool_call_id are dropped. A trace that cannot be written faithfully (an
@@ -102,12 +107,79 @@ def normalize_message(msg: Any) -> Message:
     return out
 
 
-def prompt_messages(trace: Trace) -> list[Message]:
-    """The request's messages, normalised."""
+def prompt_messages(trace: Trace, earlier: dict[str, list[Message]] | None = None) -> list[Message]:
+    """The request's messages, normalised. A Responses API trace's input items become chat
+    messages as the gateway sent them upstream: its instructions first, then the conversation
+    of `previous_response_id` (from `earlier`: trace id -> that turn's messages and answer, of
+    the Responses traces read before it), then its own input."""
+    if trace.endpoint == "responses":
+        return _responses_prompt(trace.request, earlier or {})
     messages = trace.request.get("messages")
     if not isinstance(messages, list) or not messages:
         raise SkipTrace("no_messages")
     return [normalize_message(m) for m in messages]
+
+
+def _responses_prompt(request: dict[str, Any], earlier: dict[str, list[Message]]) -> list[Message]:
+    out: list[Message] = []
+    if isinstance(request.get("instructions"), str) and request["instructions"]:
+        out.append({"role": "system", "content": request["instructions"]})
+    previous = request.get("previous_response_id")
+    if previous is not None:
+        turn = earlier.get(str(previous).removeprefix("resp_"))
+        if turn is None:  # not read (before `since`, or stored with store: false)
+            raise SkipTrace("previous_response_missing")
+        out.extend(turn)
+    own = responses_input(request.get("input"))
+    if not own:
+        raise SkipTrace("no_messages")
+    return out + own
+
+
+def responses_input(inp: Any) -> list[Message]:
+    """Responses input (a string, or message / function_call / function_call_output items) as
+    normalised chat messages; SkipTrace for what a chat cannot hold (an image, a file)."""
+    if isinstance(inp, str):
+        return [{"role": "user", "content": inp}]
+    if not isinstance(inp, list):
+        raise SkipTrace("malformed_message")
+    out: list[Message] = []
+    for item in inp:
+        if not isinstance(item, dict):
+            raise SkipTrace("malformed_message")
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            content = item.get("content")
+            if isinstance(content, list):
+                texts = []
+                for part in content:
+                    if not isinstance(part, dict) or part.get("type") not in (
+                        "input_text", "output_text"
+                    ):  # fmt: skip
+                        raise SkipTrace("non_text_content")
+                    texts.append({"type": "text", "text": part.get("text", "")})
+                content = texts
+            out.append(normalize_message({"role": item.get("role"), "content": content}))
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+            }
+            if out and out[-1]["role"] == "assistant" and out[-1].get("tool_calls"):
+                out[-1]["tool_calls"].extend(_tool_calls([call]))  # parallel calls: one message
+            else:
+                out.append(normalize_message({"role": "assistant", "tool_calls": [call]}))
+        elif kind == "function_call_output":
+            output = item.get("output")
+            out.append(
+                normalize_message(
+                    {"role": "tool", "tool_call_id": item.get("call_id"), "content": output}
+                )
+            )
+        else:
+            raise SkipTrace("non_text_content")
+    return out
 
 
 def answer_message(trace: Trace) -> Message:
@@ -126,9 +198,20 @@ def answer_message(trace: Trace) -> Message:
 
 
 def request_tools(trace: Trace) -> list[dict[str, Any]] | None:
-    """The request's `tools` list when it has one (function tools, as sent)."""
+    """The request's `tools` list when it has one (function tools as chat sends them; a
+    Responses API tool `{type, name, description, parameters}` in that shape too)."""
     tools = trace.request.get("tools")
-    return tools if isinstance(tools, list) and tools else None
+    if not isinstance(tools, list) or not tools:
+        return None
+    if trace.endpoint != "responses":
+        return tools
+    out = []
+    for t in tools:
+        if not isinstance(t, dict) or t.get("type") != "function":
+            raise SkipTrace("non_function_tool")
+        fn = {k: t[k] for k in ("name", "description", "parameters", "strict") if k in t}
+        out.append({"type": "function", "function": fn})
+    return out
 
 
 def up_to_last_user(messages: list[Message]) -> list[Message]:
