@@ -11,12 +11,9 @@ also when the test fails; a failing test's output ends with the gateway's log ta
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,20 +28,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.gateway.conftest import mock_upstream  # noqa: F401 (the fixture, for this folder)
+from tests.gateway.conftest import (
+    free_port,
+    mock_upstream,  # noqa: F401 (the fixture, for this folder)
+    sha,
+)
+from tests.store.conftest import _as_pg_user, _pg_bin
 
 KEY = "sk-faults-user"  # a static key in every config below, with no budget and a huge rate
 START_TIMEOUT_S = 60.0  # a loaded 2-core machine may take a while to start a Python process
-
-
-def sha(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> float:
@@ -60,17 +52,6 @@ def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, every_s: floa
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
-
-
-def _pg_bin() -> str | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return os.path.dirname(found[-1]) if found else None
-
-
-def _as_pg_user(cmd: list[str]) -> list[str]:
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
 
 
 @dataclass
