@@ -123,7 +123,7 @@ def main() -> None:
             "train_problems": args.steps * args.prompts_per_step,
             "lr": 1e-6,
             "eval_every_steps": 0,
-            "checkpoint_every_steps": 0,
+            "save_every_steps": 0,
         }
     )
     if args.device.startswith("cuda"):

@@ -109,7 +109,7 @@ def run_ours(steps: int, threads: int, run_dir: Path) -> list[dict[str, float]]:
     cfg = GRPOConfig(
         model="smollm2-135m", run_dir=str(run_dir), steps=steps, prompts_per_step=PROMPTS,
         group_size=GROUP, max_new_tokens=NEW_TOKENS, temperature=TEMPERATURE, lr=1e-6,
-        train_problems=PROMPTS, loss="grpo", beta=0.0, checkpoint_every_steps=0, threads=threads,
+        train_problems=PROMPTS, loss="grpo", beta=0.0, save_every_steps=0, threads=threads,
         warmup_steps=0,
     )  # fmt: skip
     train_grpo(cfg, env=BenchEnv())

@@ -132,7 +132,7 @@ def main() -> None:
                 max_seq_len=640,
                 batch_size=args.sft_batch,
                 micro_batch_size=4,
-                max_steps=args.sft_steps,
+                steps=args.sft_steps,
                 lr=args.sft_lr,
                 lr_schedule="cosine",
                 lora=None,

@@ -2,7 +2,7 @@
 after, each measured in this run with the example configs.
 
     .venv/bin/python bench/sft_dpo_figures.py                  # both recipes
-    .venv/bin/python bench/sft_dpo_figures.py --only dpo --set max_steps=10 --threads 1
+    .venv/bin/python bench/sft_dpo_figures.py --only dpo --set steps=10 --threads 1
 
 Runs go to runs/figures-{sft,dpo} (a fresh run each time). LoRA, the reference for DPO being the
 base with adapters off.
@@ -50,11 +50,12 @@ def main() -> None:
             SFTConfig, ROOT / "examples" / "sft.yaml", [f"run_dir={run_dir}", *args.overrides]
         )
         s = train_sft(cfg)
+        before, after = s.evals[0], s.evals[-1]
         print(
             f"SFT  {_kind(cfg)}, {s.steps} steps x {cfg.batch_size} chats, "
             f"{s.train_examples} train / {s.eval_examples} held-out chats, {s.seconds:.0f} s\n"
-            f"     held-out loss per assistant token: {s.eval_loss_before:.4f} -> "
-            f"{s.eval_loss_after:.4f}"
+            f"     held-out loss per assistant token: {before['eval/loss']:.4f} -> "
+            f"{after['eval/loss']:.4f}"
         )
 
     if args.only in (None, "dpo"):
@@ -64,16 +65,17 @@ def main() -> None:
             DPOConfig, ROOT / "examples" / "dpo.yaml", [f"run_dir={run_dir}", *args.overrides]
         )
         d = train_dpo(cfg)
+        before, after = d.evals[0], d.evals[-1]
         print(
             f"DPO  {_kind(cfg)}, beta={cfg.beta}, {d.steps} steps x "
-            f"{cfg.batch_size} pairs, {d.train_pairs} train / {d.eval_pairs} held-out pairs, "
+            f"{cfg.batch_size} pairs, {d.train_examples} train / {d.eval_examples} held-out pairs, "
             f"{d.seconds:.0f} s\n"
-            f"     held-out reward margin:   {d.eval_reward_margin_before:.4f} -> "
-            f"{d.eval_reward_margin_after:.4f}\n"
-            f"     held-out reward accuracy: {d.eval_reward_accuracy_before:.3f} -> "
-            f"{d.eval_reward_accuracy_after:.3f}\n"
+            f"     held-out reward margin:   {before['eval/reward_margin']:.4f} -> "
+            f"{after['eval/reward_margin']:.4f}\n"
+            f"     held-out reward accuracy: {before['eval/reward_accuracy']:.3f} -> "
+            f"{after['eval/reward_accuracy']:.3f}\n"
             f"     held-out logp accuracy (policy prefers chosen): "
-            f"{d.eval_logp_accuracy_before:.3f} -> {d.eval_logp_accuracy_after:.3f}"
+            f"{before['eval/logp_accuracy']:.3f} -> {after['eval/logp_accuracy']:.3f}"
         )
 
 

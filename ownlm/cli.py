@@ -1,6 +1,6 @@
 """`ownlm` command: one thin subcommand per stage; each loads a config class and calls one function.
 
-ownlm train grpo --config examples/grpo.yaml --set lr=1e-5
+ownlm train grpo --config examples/grpo_demo.yaml --set lr=1e-5
 ownlm eval --set model=runs/grpo/final --set n_problems=200
 ownlm serve --config ownlm.yaml
 """

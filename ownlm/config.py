@@ -22,7 +22,8 @@ class Config(BaseModel):
     """Base of all ownlm config classes: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-    # old key -> what replaced it, named in the error when a config still uses the old key
+    # old key -> its new name (a key of this class: "max_steps was renamed steps"), or a sentence
+    # saying what replaced it; named in the error when a config still uses the old key
     renamed_keys: ClassVar[dict[str, str]] = {}
 
 
@@ -124,6 +125,8 @@ def validate_config(cls: type[C], data: dict[str, Any], source: str) -> C:
                 bad, known, path, model = _closest_key(cls, loc)
                 near = difflib.get_close_matches(bad, known, n=1)
                 renamed = getattr(model, "renamed_keys", {}).get(bad)
+                if renamed in known:
+                    renamed = f"{bad} was renamed {renamed}; write {renamed} instead"
                 hint = (
                     f"; {renamed}"
                     if renamed

@@ -62,7 +62,7 @@ def loop_config(tmp_path: Path, model_dir: Path, **extra: Any) -> LoopConfig:
         "base_model": str(model_dir),
         "export": {"kinds": ["sft", "rl"], "eval_fraction": 0.25, "rl": {"verifier": "exact"}},
         "sft": {
-            "max_steps": 2,
+            "steps": 2,
             "batch_size": 2,
             "micro_batch_size": 2,
             "lora": None,

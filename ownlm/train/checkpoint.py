@@ -1,8 +1,10 @@
-"""Checkpoints that resume exactly: model (safetensors, loadable by transformers/peft), optimizer,
-scheduler, RNG states, step and data position.
+"""A run's files, shared by every recipe: checkpoints that resume exactly (model as safetensors,
+loadable by transformers/peft; optimizer, scheduler, RNG states, step and data position), the
+metrics log, and the summary a finished run hands back.
 
-Layout: <run_dir>/step_<N>/{model files, trainer_state.pt, meta.json}; <run_dir>/final/ at the end.
-A checkpoint directory is written to a temp name and renamed, so a kill never leaves a half one.
+Layout: <run_dir>/config.yaml, metrics.jsonl, step_<N>/{model files, trainer_state.pt, meta.json};
+<run_dir>/final/ at the end. A checkpoint directory is written to a temp name and renamed, so a
+kill never leaves a half one.
 """
 
 from __future__ import annotations
@@ -10,15 +12,20 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
+from ownlm.config import dump_config
 from ownlm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ownlm.train.recipe_config import RunConfig
 
 
 @dataclass
@@ -145,25 +152,29 @@ def check_resume_compatible(ckpt: ResumeState, current: dict[str, Any], keys: li
             )
 
 
-def start_run(run_dir: str | Path, *, seed: int, threads: int | None) -> Path:
-    """Create run_dir, set torch's CPU threads (None: keep its default) and seed everything."""
-    path = Path(run_dir)
+def start_run(cfg: RunConfig) -> tuple[Path, ResumeState | None]:
+    """Create cfg.run_dir, set torch's CPU threads (None: keep its default), seed everything and
+    find the checkpoint to resume from. Returns (run dir, checkpoint or None)."""
+    path = Path(cfg.run_dir)
     path.mkdir(parents=True, exist_ok=True)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    seed_everything(seed)
-    return path
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    return path, find_resume(path, cfg)
 
 
-def find_resume(
-    run_dir: Path, enabled: bool, current: dict[str, Any], keys: Sequence[str]
-) -> ResumeState | None:
-    """The checkpoint to resume from (None when disabled or there is none), checked against the
-    config on the result-changing keys."""
-    ckpt = latest_checkpoint(run_dir) if enabled else None
+def find_resume(run_dir: Path, cfg: RunConfig) -> ResumeState | None:
+    """The checkpoint to resume from (None when cfg.resume is off or there is none), checked
+    against the config on the result-changing keys."""
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
-        check_resume_compatible(ckpt, current, list(keys))
+        check_resume_compatible(ckpt, cfg.model_dump(mode="json"), list(cfg.resume_keys))
     return ckpt
+
+
+def run_meta(recipe: str, cfg: RunConfig, data_position: int) -> dict[str, Any]:
+    """What a checkpoint's meta.json records besides the step: recipe, data position, config."""
+    return {"recipe": recipe, "data_position": data_position, "config": cfg.model_dump(mode="json")}
 
 
 class MetricsLog:
@@ -178,3 +189,71 @@ class MetricsLog:
         self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def restore_run(
+    run_dir: Path,
+    cfg: RunConfig,
+    resume: ResumeState | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> tuple[int, MetricsLog]:
+    """Continue where resume left off (optimizer, scheduler and RNG states), trim the metrics log
+    to its step and write the resolved config. Returns (first step to run, the metrics log)."""
+    start_step = 0
+    if resume is not None:
+        load_trainer_state(resume, optimizer, scheduler)
+        start_step = resume.step
+    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if resume is not None else None)
+    dump_config(cfg, run_dir / "config.yaml")
+    return start_step, metrics
+
+
+class RunSummary(BaseModel):
+    """What a finished run hands back, the same for every recipe (the CLI prints it as JSON)."""
+
+    recipe: str  # sft, dpo, rm or grpo
+    run_dir: str
+    final_dir: str
+    steps: int
+    resumed_from_step: int | None  # None: the run started at step 0
+    train_examples: int  # chats, pairs or tasks trained on
+    eval_examples: int  # held-out chats, pairs or tasks
+    skipped_too_long: int  # examples left out because their answer starts past max_seq_len
+    last_metrics: dict[str, float]  # the last step's metrics record
+    evals: list[dict[str, float]]  # every held-out evaluation, in order: its step and eval/* keys
+    seconds: float
+
+    @classmethod
+    def from_run(
+        cls,
+        recipe: str,
+        final_dir: Path,
+        steps: int,
+        resume: ResumeState | None,
+        metrics: MetricsLog,
+        *,
+        train_examples: int,
+        eval_examples: int,
+        started: float,
+        skipped_too_long: int = 0,
+    ) -> RunSummary:
+        """The summary of a run whose final/ is final_dir; `started`: its time.perf_counter()."""
+        evals = [
+            {k: v for k, v in r.items() if k == "step" or k.startswith("eval/")}
+            for r in metrics.records
+            if any(k.startswith("eval/") for k in r)
+        ]
+        return cls(
+            recipe=recipe,
+            run_dir=str(final_dir.parent),
+            final_dir=str(final_dir),
+            steps=steps,
+            resumed_from_step=resume.step if resume is not None else None,
+            train_examples=train_examples,
+            eval_examples=eval_examples,
+            skipped_too_long=skipped_too_long,
+            last_metrics=metrics.records[-1] if metrics.records else {},
+            evals=evals,
+            seconds=time.perf_counter() - started,
+        )

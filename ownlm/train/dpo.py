@@ -17,15 +17,14 @@ import time
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
-from ownlm.config import dump_config
 from ownlm.errors import DataError
 from ownlm.models.load import load_model
 from ownlm.train.checkpoint import (
-    MetricsLog,
-    find_resume,
-    load_trainer_state,
+    RunSummary,
+    restore_run,
+    run_meta,
     save_checkpoint,
     start_run,
 )
@@ -58,7 +57,6 @@ class DPOConfig(FileRecipeConfig):
     micro_batch_size: int = Field(
         4, description="pairs per forward/backward; batch_size / this = accumulation"
     )
-    max_steps: int = 50
     lr: float = 5e-5
 
     @model_validator(mode="after")
@@ -66,25 +64,6 @@ class DPOConfig(FileRecipeConfig):
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         return self
-
-
-class RunSummary(BaseModel):
-    """What a DPO run did, printed by the CLI."""
-
-    run_dir: str
-    final_dir: str
-    steps: int
-    resumed_from_step: int | None
-    train_pairs: int
-    eval_pairs: int
-    eval_reward_margin_before: float | None
-    eval_reward_margin_after: float | None
-    eval_reward_accuracy_before: float | None
-    eval_reward_accuracy_after: float | None
-    eval_logp_accuracy_before: float | None
-    eval_logp_accuracy_after: float | None
-    train_loss_last: float | None
-    seconds: float
 
 
 def _pair_logprobs(model: Any, pairs: list[TokenizedPair], pad_id: int) -> torch.Tensor:
@@ -119,7 +98,7 @@ def _eval_metrics(policy: torch.Tensor, ref: torch.Tensor, beta: float) -> dict[
 def train_dpo(cfg: DPOConfig) -> RunSummary:
     """Train cfg.model to prefer chosen over rejected answers; return held-out margins."""
     t_start = time.perf_counter()
-    run_dir = start_run(cfg.run_dir, seed=cfg.seed, threads=cfg.threads)
+    run_dir, resume = start_run(cfg)
 
     # Data first: a malformed row should stop the run before the model loads.
     pairs, eval_pairs = read_train_eval(
@@ -129,7 +108,6 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
 
     # Model and reference. LoRA: the reference is the base with adapters disabled. Full: a frozen
     # copy of the starting weights (loaded from cfg.model again when resuming).
-    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), cfg.resume_keys)
     reference: Any = None
     if cfg.lora is None:
         reference, _ = load_model(cfg.model)
@@ -161,16 +139,8 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
 
     # Optimizer and schedule; a resumed run restores them with the RNG states.
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = adamw_with_schedule(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        max_steps=cfg.max_steps, schedule=cfg.lr_schedule,
-    )  # fmt: skip
-    start_step = 0
-    if resume is not None:
-        load_trainer_state(resume, optimizer, scheduler)
-        start_step = resume.step
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if resume is not None else None)
-    dump_config(cfg, run_dir / "config.yaml")
+    optimizer, scheduler = adamw_with_schedule(params, cfg, schedule=cfg.lr_schedule)
+    start_step, metrics = restore_run(run_dir, cfg, resume, optimizer, scheduler)
 
     def evaluate() -> dict[str, float]:
         policy = _eval_logprobs(model, eval_tok, pad_id, cfg.micro_batch_size)
@@ -180,7 +150,7 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
         metrics.append({"step": 0, **evaluate()})
 
     # Loop: one optimizer step per batch_size pairs, accumulated over micro-batches.
-    bar = step_bar(start_step, cfg.max_steps, enabled=cfg.progress, desc="dpo")
+    bar = step_bar(start_step, cfg.steps, enabled=cfg.progress, desc="dpo")
     for step in bar:
         t0 = time.perf_counter()
         batch = [
@@ -215,47 +185,23 @@ def train_dpo(cfg: DPOConfig) -> RunSummary:
             "time/step_s": step_s,
             "time/tokens_per_s": n_tokens / step_s,
         }
-        if is_due(done, cfg.eval_every_steps, cfg.max_steps):
+        if is_due(done, cfg.eval_every_steps, cfg.steps):
             record.update(evaluate())
         metrics.append(record)
         bar.set_postfix(
             {k.split("/")[1]: f"{v:.4g}" for k, v in record.items() if "loss" in k or "margin" in k}
         )
-        if is_due(done, cfg.save_every_steps, cfg.max_steps):
-            meta = {"recipe": "dpo", "data_position": done, "config": cfg.model_dump(mode="json")}
+        if is_due(done, cfg.save_every_steps, cfg.steps):
             save_checkpoint(
-                run_dir, done, model, tokenizer, optimizer, scheduler, meta,
-                keep_last=cfg.keep_last_checkpoints,
+                run_dir, done, model, tokenizer, optimizer, scheduler, run_meta("dpo", cfg, done),
+                keep_last=cfg.keep_checkpoints,
             )  # fmt: skip
     bar.close()
 
     # Save: final/ loads with transformers (full) or peft (LoRA adapter on cfg.model's dir).
-    meta = {"recipe": "dpo", "data_position": cfg.max_steps, "config": cfg.model_dump(mode="json")}
-    final = save_checkpoint(
-        run_dir, cfg.max_steps, model, tokenizer, None, None, meta, name="final"
-    )
-    evals = [r for r in metrics.records if "eval/reward_margin" in r]
-    losses = [r["train/loss"] for r in metrics.records if "train/loss" in r]
-
-    def first_last(key: str) -> tuple[float | None, float | None]:
-        return (evals[0][key], evals[-1][key]) if evals else (None, None)
-
-    margin_b, margin_a = first_last("eval/reward_margin")
-    acc_b, acc_a = first_last("eval/reward_accuracy")
-    lacc_b, lacc_a = first_last("eval/logp_accuracy")
-    return RunSummary(
-        run_dir=str(run_dir),
-        final_dir=str(final),
-        steps=cfg.max_steps,
-        resumed_from_step=resume.step if resume is not None else None,
-        train_pairs=len(train_tok),
-        eval_pairs=len(eval_tok),
-        eval_reward_margin_before=margin_b,
-        eval_reward_margin_after=margin_a,
-        eval_reward_accuracy_before=acc_b,
-        eval_reward_accuracy_after=acc_a,
-        eval_logp_accuracy_before=lacc_b,
-        eval_logp_accuracy_after=lacc_a,
-        train_loss_last=losses[-1] if losses else None,
-        seconds=time.perf_counter() - t_start,
-    )
+    meta = run_meta("dpo", cfg, cfg.steps)
+    final = save_checkpoint(run_dir, cfg.steps, model, tokenizer, None, None, meta, name="final")
+    return RunSummary.from_run(
+        "dpo", final, cfg.steps, resume, metrics,
+        train_examples=len(train_tok), eval_examples=len(eval_tok), started=t_start,
+    )  # fmt: skip

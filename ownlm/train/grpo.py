@@ -5,8 +5,9 @@
 
 One function, `train_grpo(cfg)`, reads top to bottom: setup (seed, model, optimizer, env,
 resume) -> loop (draw prompts by data position, sample a group per prompt, score, advantages,
-loss, step) -> log -> save. The math is in `losses.py`, the training forward in
-`policy_logprobs.py`, checkpoints in `checkpoint.py`.
+loss, step) -> log -> save. The math is in `losses.py` (what each `loss:` does is its row of
+`GRPO_LOSSES`), the training forward in `policy_logprobs.py`, the run's files (checkpoints,
+metrics, summary) in `checkpoint.py`, the knobs every recipe shares in `recipe_config.py`.
 
 Exact resume: sampling and the random-reward control draw from generators seeded by
 (seed, step), prompts are drawn by data position, and checkpoints hold model, optimizer,
@@ -16,16 +17,12 @@ metrics as one that was never stopped.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, Field, model_validator
-from tqdm import tqdm
+from pydantic import Field, model_validator
 
-from ownlm.config import Config, dump_config
 from ownlm.envs.base import Env, MultiTurnEnv, Task, is_multi_turn
 from ownlm.envs.registry import EnvConfig, env_field, make_env
 from ownlm.errors import ConfigError, OwnlmError
@@ -35,39 +32,43 @@ from ownlm.rollout.episodes import EpisodeBatch, run_episodes
 from ownlm.rollout.sampler import sample_completions
 from ownlm.rollout.types import Completions, SamplingParams
 from ownlm.train.checkpoint import (
-    check_resume_compatible,
-    keep_metrics_until,
-    latest_checkpoint,
-    load_trainer_state,
+    RunSummary,
+    restore_run,
+    run_meta,
     save_checkpoint,
+    start_run,
 )
-from ownlm.train.lora import LoraSpec, add_lora
+from ownlm.train.lora import LoraSpec, load_trainable_model
 from ownlm.train.losses import (
+    GRPO_LOSSES,
+    LossName,
+    batch_normalizer,
     clip_fraction,
     group_advantages,
     grpo_loss,
     zero_variance_groups,
 )
 from ownlm.train.policy_logprobs import completion_logprobs
-
-LossName = Literal["grpo", "dr_grpo", "dapo", "rloo"]
-# Config keys that change a run's numbers: a resume must not change them.
-RESUME_KEYS = [
-    "seed", "model", "prompts_per_step", "group_size", "max_new_tokens", "loss", "lora",
-    "reward_mode", "train_problems", "env", "max_episode_tokens",
-]  # fmt: skip
+from ownlm.train.recipe_config import RunConfig
+from ownlm.train.schedule import adamw_with_schedule, is_due, optimizer_step, step_bar
 
 
-class GRPOConfig(Config):
-    """Every knob of a GRPO-family run."""
+class GRPOConfig(RunConfig):
+    """Every knob of a GRPO-family run (the shared ones are in RunConfig)."""
 
-    model: str = Field(
-        "smollm2-135m", description="policy to start from: an HF model dir, a run dir or a name"
-    )
-    env: EnvConfig = env_field()
-    run_dir: str = Field("runs/grpo", description="checkpoints, metrics.jsonl and final/ go here")
-    seed: int = Field(0, description="sampling, task order and init")
+    resume_keys: ClassVar[tuple[str, ...]] = (
+        *RunConfig.resume_keys,
+        "prompts_per_step", "group_size", "max_new_tokens", "loss", "reward_mode",
+        "train_problems", "env", "max_episode_tokens",
+    )  # fmt: skip
+
+    run_dir: str = "runs/grpo"
     steps: int = Field(40, description="optimizer steps (one batch of groups each)")
+    lr: float = 1e-5
+    # On CPU, adapters make sampling slower than training all weights.
+    lora: LoraSpec | None = None
+    save_every_steps: int = 10
+    env: EnvConfig = env_field()
     prompts_per_step: int = Field(4, description="prompts sampled per step, one group each")
     group_size: int = Field(4, description="samples per prompt; advantages compare within one")
     train_problems: int = Field(2000, description="size of the training task pool")
@@ -82,12 +83,8 @@ class GRPOConfig(Config):
     thinking_budget_tokens: int | None = Field(
         None, description="close the <think> block after this many tokens; null: no limit"
     )
-    # optimisation
-    lr: float = Field(1e-5, description="learning rate (AdamW)")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
-    weight_decay: float = Field(0.0, description="AdamW weight decay")
-    warmup_steps: int = Field(0, description="linear warmup from 0 to lr")
-    grad_clip: float | None = Field(1.0, description="gradient clipping norm; null: none")
+    # optimisation (lr, betas, warm-up and clipping are in RunConfig; the lr is constant after
+    # the warm-up)
     grad_accum_steps: int = Field(
         1, description="micro-batches per step; prompts_per_step must divide into them"
     )
@@ -104,7 +101,6 @@ class GRPOConfig(Config):
     beta: float = Field(
         0.0, description="KL penalty to the initial model (k3); 0 needs no reference model"
     )
-    lora: LoraSpec | None = Field(None, description="LoRA adapters; null: train all weights")
     # "random" keeps the reward distribution and the budget but the rewards carry no signal.
     reward_mode: Literal["verifier", "random"] = Field(
         "verifier",
@@ -112,15 +108,12 @@ class GRPOConfig(Config):
     )
     eval_every_steps: int = Field(0, description="held-out accuracy every this many; 0: never")
     eval_problems: int = Field(32, description="held-out problems per eval")
-    checkpoint_every_steps: int = Field(10, description="save step_N/ every this many steps")
-    keep_checkpoints: int = Field(2, description="older step_N/ dirs are deleted")
     max_error_rate: float = Field(
         0.2, description="stop the run when a step's share of failed rollouts exceeds this"
     )
     logprob_chunk_rows: int | None = Field(
         None, description="compute logits this many rows at a time to save memory; null: all"
     )
-    threads: int | None = Field(None, description="torch CPU threads; null: torch's default")
     device: str = Field(
         "cpu",
         pattern=r"^(cpu|cuda(:\d+)?)$",
@@ -156,72 +149,51 @@ class GRPOConfig(Config):
                 f"temperature {self.temperature}: GRPO needs sampling (temperature > 0) so a group "
                 "has different answers to compare"
             )
-        if self.steps < 1 or self.max_new_tokens < 1:
-            raise ValueError("steps and max_new_tokens must be at least 1")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         return self
 
     @property
     def eps_high(self) -> float:
+        """The upper ratio clip: clip_eps_high, else the loss's default, else clip_eps_low."""
         if self.clip_eps_high is not None:
             return self.clip_eps_high
-        return 0.28 if self.loss == "dapo" else self.clip_eps_low
-
-
-class RunSummary(BaseModel):
-    """What a finished run hands back (the CLI prints it as JSON)."""
-
-    run_dir: str
-    final_dir: str
-    steps: int
-    resumed_from_step: int
-    last_metrics: dict[str, float]
-    eval_accuracy: dict[int, float]
+        default = GRPO_LOSSES[self.loss].clip_eps_high
+        return default if default is not None else self.clip_eps_low
 
 
 def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> RunSummary:
     """Run GRPO-family training as configured; `env` overrides cfg.env (tests use a toy env)."""
     # ---- setup ------------------------------------------------------------------------------
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    run_dir, resume = start_run(cfg)
     env = env if env is not None else make_env(cfg.env)
     multi_turn = is_multi_turn(env)  # tool-using episodes: rollout/episodes.py
     max_tokens = cfg.max_episode_tokens if multi_turn else cfg.max_new_tokens
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        check_resume_compatible(ckpt, cfg.model_dump(mode="json"), RESUME_KEYS)
+    spec = GRPO_LOSSES[cfg.loss]  # what this `loss:` does: std scaling, estimator, reduction, ...
     device = torch_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
-    model, tokenizer = prepare_policy(cfg, ckpt.path if ckpt is not None else None)
+    model, tokenizer = load_trainable_model(
+        cfg.model, cfg.lora, resume.path if resume is not None else None
+    )
     model.to(device=device, dtype=dtype)
     ref_model = make_reference(cfg)
     if ref_model is not None:
         ref_model.to(device=device, dtype=dtype)
+    # AdamW fused (one kernel over all tensors; measured faster on CPU than foreach); the lr is
+    # constant after the warm-up.
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    )
-    start_step = 0
-    if ckpt is not None:
-        load_trainer_state(ckpt, optimizer, scheduler)
-        start_step = ckpt.step
-    metrics_path = run_dir / "metrics.jsonl"
-    keep_metrics_until(metrics_path, start_step)
-    dump_config(cfg, run_dir / "config.yaml")
+    optimizer, scheduler = adamw_with_schedule(params, cfg, fused=True)
+    start_step, metrics = restore_run(run_dir, cfg, resume, optimizer, scheduler)
 
     train_tasks = env.tasks("train", cfg.train_problems)
     eval_tasks = env.tasks("test", cfg.eval_problems) if cfg.eval_every_steps else []
     order = torch.randperm(len(train_tasks), generator=torch.Generator().manual_seed(cfg.seed))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eps_high = cfg.eps_high
-    last: dict[str, float] = {}
-    eval_acc: dict[int, float] = {}
 
     # ---- loop -------------------------------------------------------------------------------
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="grpo")
+    bar = step_bar(start_step, cfg.steps, enabled=cfg.progress, desc="grpo")
     for step in bar:
         t0 = time.perf_counter()
         # draw prompts by data position: step s uses positions [s*P, (s+1)*P) of the order
@@ -268,13 +240,10 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> Run
 
         # advantages (DAPO drops groups whose rewards are all equal: they carry no signal)
         adv = group_advantages(
-            rewards,
-            cfg.group_size,
-            scale_by_std=cfg.loss in ("grpo", "dapo"),
-            estimator="rloo" if cfg.loss == "rloo" else "grpo",
+            rewards, cfg.group_size, scale_by_std=spec.scale_by_std, estimator=spec.estimator
         ).to(device)
         zero_var = zero_variance_groups(rewards, cfg.group_size)  # (P,)
-        keep_groups = ~zero_var if cfg.loss == "dapo" else torch.ones_like(zero_var)
+        keep_groups = ~zero_var if spec.drop_flat_groups else torch.ones_like(zero_var)
         keep_rows = keep_groups.repeat_interleave(cfg.group_size)
         mask = comps.completion_mask & keep_rows.to(device).unsqueeze(1)
         # With beta 0, a group whose advantages are all 0 adds exactly nothing to the gradient:
@@ -285,12 +254,9 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> Run
         # loss and step: micro-batches of whole groups; normalizer makes them add up to the batch
         t1 = time.perf_counter()
         model.train()
-        variant = "grpo" if cfg.loss == "rloo" else cfg.loss
-        normalizer = {
-            "grpo": float(keep_rows.sum()),
-            "dr_grpo": float(keep_rows.sum()) * max_tokens,
-            "dapo": float(mask.sum()),
-        }[variant]
+        normalizer = batch_normalizer(
+            spec.reduction, rows=int(keep_rows.sum()), tokens=int(mask.sum()), max_tokens=max_tokens
+        )
         total_loss, clip_frac, grad_norm, t_optim = 0.0, 0.0, 0.0, 0.0
         for micro in groups.tensor_split(cfg.grad_accum_steps):
             if len(micro) == 0:
@@ -321,7 +287,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> Run
                 old_logp,
                 adv[rows],
                 micro_mask,
-                variant=variant,
+                variant=spec.reduction,
                 clip_eps_low=cfg.clip_eps_low,
                 clip_eps_high=eps_high,
                 max_tokens=max_tokens,
@@ -339,11 +305,7 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> Run
         lr = scheduler.get_last_lr()[0]
         if len(groups):
             t2 = time.perf_counter()
-            if cfg.grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
             t_optim = time.perf_counter() - t2
         t_train = time.perf_counter() - t1
 
@@ -373,36 +335,31 @@ def train_grpo(cfg: GRPOConfig, *, env: Env | MultiTurnEnv | None = None) -> Run
         }
         if cfg.eval_every_steps and (step + 1) % cfg.eval_every_steps == 0:
             record["eval/accuracy"] = eval_accuracy(model, tokenizer, env, eval_tasks, cfg)
-            eval_acc[step + 1] = record["eval/accuracy"]
         record["time/step_s"] = time.perf_counter() - t0
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        metrics.append(record)
         bar.set_postfix_str(
             f"loss {record['train/loss']:+.4f} reward {record['rollout/reward_mean']:.3f} "
             f"acc {record['rollout/accuracy']:.2f} "
             f"len {record['rollout/completion_tokens_mean']:.0f} "
             f"{record['time/step_s']:.1f}s/step"
         )
-        last = record
 
         # ---- save ---------------------------------------------------------------------------
-        done = step + 1 == cfg.steps
-        if (cfg.checkpoint_every_steps and (step + 1) % cfg.checkpoint_every_steps == 0) or done:
-            meta = {"config": cfg.model_dump(mode="json"), "data_position": pos + len(tasks)}
+        if is_due(step + 1, cfg.save_every_steps, cfg.steps):
             save_checkpoint(
-                run_dir, step + 1, model, tokenizer, optimizer, scheduler, meta,
-                keep_last=cfg.keep_checkpoints,
+                run_dir, step + 1, model, tokenizer, optimizer, scheduler,
+                run_meta("grpo", cfg, pos + len(tasks)), keep_last=cfg.keep_checkpoints,
             )  # fmt: skip
     bar.close()
-    final_dir = save_final(run_dir, model, tokenizer, cfg)
-    return RunSummary(
-        run_dir=str(run_dir),
-        final_dir=str(final_dir),
-        steps=cfg.steps,
-        resumed_from_step=start_step,
-        last_metrics=last,
-        eval_accuracy=eval_acc,
-    )
+
+    # final/: a plain transformers model dir (LoRA adapters merged into the weights).
+    out = model.merge_and_unload() if cfg.lora is not None else model
+    meta = run_meta("grpo", cfg, cfg.steps * cfg.prompts_per_step)
+    final = save_checkpoint(run_dir, cfg.steps, out, tokenizer, None, None, meta, name="final")
+    return RunSummary.from_run(
+        "grpo", final, cfg.steps, resume, metrics,
+        train_examples=len(train_tasks), eval_examples=len(eval_tasks), started=t_start,
+    )  # fmt: skip
 
 
 # ---- the steps above, as small functions ---------------------------------------------------
@@ -422,16 +379,6 @@ def torch_device(name: str) -> torch.device:
                 f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
             )
     return torch.device(name)
-
-
-def prepare_policy(cfg: GRPOConfig, ckpt_path: Path | None) -> tuple[Any, Any]:
-    """(policy, tokenizer): LoRA-wrapped or full, with the checkpoint's weights when resuming."""
-    if cfg.lora is None:
-        model, tokenizer = load_model(str(ckpt_path) if ckpt_path is not None else cfg.model)
-        model.requires_grad_(True)
-        return model, tokenizer
-    model, tokenizer = load_model(cfg.model)
-    return add_lora(model, cfg.lora, ckpt_path), tokenizer
 
 
 def make_reference(cfg: GRPOConfig) -> Any | None:
@@ -455,13 +402,6 @@ def reference_logprobs(
             return completion_logprobs(ref_model, *args, **kwargs)
         with model.disable_adapter():
             return completion_logprobs(model, *args, **kwargs)
-
-
-def make_optimizer(params: list[torch.nn.Parameter], cfg: GRPOConfig) -> torch.optim.Optimizer:
-    """AdamW, fused (one kernel over all tensors; measured faster on CPU than foreach)."""
-    return torch.optim.AdamW(
-        params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
-    )
 
 
 def sampling_params(cfg: GRPOConfig, step: int, *, seed: bool) -> SamplingParams:
@@ -560,11 +500,3 @@ def eval_accuracy(
                 t, split_thinking(text, thinking_open=cfg.enable_thinking)[1]
             ).correct
     return correct / max(len(tasks), 1)
-
-
-def save_final(run_dir: Path, model: Any, tokenizer: Any, cfg: GRPOConfig) -> Path:
-    """`final/`: a plain transformers model dir (LoRA adapters merged into the weights)."""
-    final = run_dir / "final"
-    out = model.merge_and_unload() if cfg.lora is not None else model
-    save_checkpoint(run_dir, cfg.steps, out, tokenizer, None, None, {"final": True}, name="final")
-    return final

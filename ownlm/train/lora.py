@@ -45,6 +45,8 @@ def load_trainable_model(
     """(model, tokenizer) to train: name's weights wrapped in LoRA adapters (spec), or all
     weights (spec None); when resuming, the checkpoint's adapters or weights."""
     if spec is None:
-        return load_model(str(resume_from) if resume_from is not None else name)
+        model, tokenizer = load_model(str(resume_from) if resume_from is not None else name)
+        # A LoRA run dir loads merged, with the base weights still frozen by peft: unfreeze all.
+        return model.requires_grad_(True), tokenizer
     model, tokenizer = load_model(name)
     return add_lora(model, spec, resume_from), tokenizer

@@ -3,23 +3,59 @@
 Shapes: B sequences, T completion tokens. `logp` is log p of each sampled token, (B, T);
 `mask` is 1 where a token counts in the loss (the policy chose it), 0 on padding.
 
-GRPO family, one named `variant` each (see docs in the functions):
+GRPO family: what each `loss:` choice means is one row of `GRPO_LOSSES` (std scaling, advantage
+estimator, dropping groups without signal, reduction, default upper clip); the recipe reads it
+from there and nowhere else. The reductions (`variant` of `grpo_loss`):
 - "grpo"    (Shao et al. 2024): mean over a sequence's tokens, then mean over sequences.
 - "dr_grpo" (Liu et al. 2025): sum over tokens divided by a constant (max_tokens), no
-  per-sequence length normalisation; the recipe also drops the std scaling of advantages.
-- "dapo"    (Yu et al. 2025): token-level mean over all tokens of the batch; the recipe uses
+  per-sequence length normalisation; Dr. GRPO also drops the std scaling of advantages.
+- "dapo"    (Yu et al. 2025): token-level mean over all tokens of the batch; DAPO also uses
   clip-higher (eps_low 0.2, eps_high 0.28) and drops zero-variance groups.
+"rloo" (Ahmadian et al. 2024) is the leave-one-out baseline with the "grpo" reduction.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-Variant = Literal["grpo", "dr_grpo", "dapo"]
+Variant = Literal["grpo", "dr_grpo", "dapo"]  # how token losses add up to the batch's loss
 Estimator = Literal["grpo", "rloo"]
+LossName = Literal["grpo", "dr_grpo", "dapo", "rloo"]
+
+
+@dataclass(frozen=True)
+class GRPOLoss:
+    """What one `loss:` choice of the GRPO family does at each step of the recipe."""
+
+    scale_by_std: bool  # advantages divided by the group's reward std
+    estimator: Estimator  # baseline: the group's mean, or the mean of the other samples (rloo)
+    drop_flat_groups: bool  # groups whose rewards are all equal leave the loss and its denominator
+    reduction: Variant  # grpo_loss's variant
+    clip_eps_high: float | None  # default upper ratio clip; None: the lower one (clip_eps_low)
+
+
+GRPO_LOSSES: dict[LossName, GRPOLoss] = {
+    "grpo": GRPOLoss(
+        scale_by_std=True, estimator="grpo", drop_flat_groups=False, reduction="grpo",
+        clip_eps_high=None,
+    ),
+    "dr_grpo": GRPOLoss(
+        scale_by_std=False, estimator="grpo", drop_flat_groups=False, reduction="dr_grpo",
+        clip_eps_high=None,
+    ),
+    "dapo": GRPOLoss(
+        scale_by_std=True, estimator="grpo", drop_flat_groups=True, reduction="dapo",
+        clip_eps_high=0.28,
+    ),
+    "rloo": GRPOLoss(
+        scale_by_std=False, estimator="rloo", drop_flat_groups=False, reduction="grpo",
+        clip_eps_high=None,
+    ),
+}  # fmt: skip
 
 # Added to the group std before dividing, as TRL does, so an all-equal group gives 0, not NaN.
 STD_EPS = 1e-4
@@ -130,6 +166,16 @@ def grpo_loss(
         denom = normalizer if normalizer is not None else m.sum().clamp(min=1)
         return masked.sum() / denom
     raise ValueError(f"unknown loss variant {variant!r}; use 'grpo', 'dr_grpo' or 'dapo'")
+
+
+def batch_normalizer(reduction: Variant, *, rows: int, tokens: int, max_tokens: int) -> float:
+    """The denominator grpo_loss would use for a whole batch of `rows` sequences with `tokens`
+    counted tokens; passed as `normalizer`, it makes the batch's micro-batch losses add up."""
+    if reduction == "grpo":
+        return float(rows)
+    if reduction == "dr_grpo":
+        return float(rows) * max_tokens
+    return float(tokens)
 
 
 def clip_fraction(

@@ -1,7 +1,7 @@
 """Reward model from preference pairs: a scalar head on the policy model, Bradley-Terry loss.
 
     ownlm train rm --config examples/reward_model.yaml
-    ownlm train rm --config examples/reward_model.yaml --set max_steps=100 --set lora=null
+    ownlm train rm --config examples/reward_model.yaml --set steps=100 --set lora=null
 
 The model is the causal LM of `cfg.model` (LoRA adapters or all weights trained) without its LM
 head, plus a linear head on the hidden state of the conversation's last token. The loss is
@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from ownlm.config import dump_config
 from ownlm.errors import DataError
 from ownlm.models.reward import (
     load_head,
@@ -39,9 +38,9 @@ from ownlm.models.reward import (
 )
 from ownlm.stats import wilson_interval
 from ownlm.train.checkpoint import (
-    MetricsLog,
-    find_resume,
-    load_trainer_state,
+    RunSummary,
+    restore_run,
+    run_meta,
     save_checkpoint,
     start_run,
 )
@@ -57,7 +56,7 @@ from ownlm.train.lora import load_trainable_model
 from ownlm.train.recipe_config import FileRecipeConfig, check_max_seq_len
 from ownlm.train.schedule import adamw_with_schedule, is_due, optimizer_step, step_bar
 
-__all__ = ["RewardModelConfig", "RunSummary", "load_reward_model", "train_reward_model"]
+__all__ = ["RewardModelConfig", "load_reward_model", "train_reward_model"]
 
 
 class RewardModelConfig(FileRecipeConfig):
@@ -68,28 +67,10 @@ class RewardModelConfig(FileRecipeConfig):
     micro_batch_size: int = Field(
         4, description="pairs per forward/backward; batch_size / this = accumulation"
     )
-    max_steps: int = 100
+    steps: int = 100
     lr: float = 1e-4
     eval_every_steps: int = 25
     save_every_steps: int = 50
-
-
-class RunSummary(BaseModel):
-    """What a reward-model run did, printed by the CLI."""
-
-    run_dir: str
-    final_dir: str
-    steps: int
-    resumed_from_step: int | None
-    train_pairs: int
-    eval_pairs: int
-    eval_accuracy_before: float | None
-    eval_accuracy_after: float | None
-    eval_accuracy_ci_low: float | None  # Wilson 95% interval of eval_accuracy_after
-    eval_accuracy_ci_high: float | None
-    eval_loss_after: float | None
-    train_loss_last: float | None
-    seconds: float
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -119,7 +100,7 @@ class _ModelWithHead:
 def train_reward_model(cfg: RewardModelConfig) -> RunSummary:
     """Train a scalar reward that ranks chosen above rejected; return held-out pair accuracy."""
     t_start = time.perf_counter()
-    run_dir = start_run(cfg.run_dir, seed=cfg.seed, threads=cfg.threads)
+    run_dir, resume = start_run(cfg)
 
     # Data first: a malformed row should stop the run before the model loads.
     pairs, eval_pairs = read_train_eval(
@@ -128,7 +109,6 @@ def train_reward_model(cfg: RewardModelConfig) -> RunSummary:
     )  # fmt: skip
 
     # Model (LoRA or full) and head; a resumed run loads both from its newest checkpoint.
-    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), cfg.resume_keys)
     model, tokenizer = load_trainable_model(
         cfg.model, cfg.lora, resume.path if resume is not None else None
     )
@@ -153,16 +133,8 @@ def train_reward_model(cfg: RewardModelConfig) -> RunSummary:
 
     # Optimizer and schedule; a resumed run restores them with the RNG states.
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
-    optimizer, scheduler = adamw_with_schedule(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        max_steps=cfg.max_steps, schedule=cfg.lr_schedule,
-    )  # fmt: skip
-    start_step = 0
-    if resume is not None:
-        load_trainer_state(resume, optimizer, scheduler)
-        start_step = resume.step
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if resume is not None else None)
-    dump_config(cfg, run_dir / "config.yaml")
+    optimizer, scheduler = adamw_with_schedule(params, cfg, schedule=cfg.lr_schedule)
+    start_step, metrics = restore_run(run_dir, cfg, resume, optimizer, scheduler)
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
@@ -188,7 +160,7 @@ def train_reward_model(cfg: RewardModelConfig) -> RunSummary:
         metrics.append({"step": 0, **evaluate()})
 
     # Loop: one optimizer step per batch_size pairs, accumulated over micro-batches.
-    bar = step_bar(start_step, cfg.max_steps, enabled=cfg.progress, desc="rm")
+    bar = step_bar(start_step, cfg.steps, enabled=cfg.progress, desc="rm")
     for step in bar:
         t0 = time.perf_counter()
         batch = [
@@ -217,41 +189,26 @@ def train_reward_model(cfg: RewardModelConfig) -> RunSummary:
             "time/step_s": step_s,
             "time/tokens_per_s": n_tokens / step_s,
         }
-        if is_due(done, cfg.eval_every_steps, cfg.max_steps):
+        if is_due(done, cfg.eval_every_steps, cfg.steps):
             record.update(evaluate())
         metrics.append(record)
         bar.set_postfix(
             {k.split("/")[1]: f"{v:.4g}" for k, v in record.items() if "loss" in k or "acc" in k}
         )
-        if is_due(done, cfg.save_every_steps, cfg.max_steps):
-            meta = {"recipe": "rm", "data_position": done, "config": cfg.model_dump(mode="json")}
+        if is_due(done, cfg.save_every_steps, cfg.steps):
             save_checkpoint(
-                run_dir, done, _ModelWithHead(model, head), tokenizer, optimizer, scheduler, meta,
-                keep_last=cfg.keep_last_checkpoints,
+                run_dir, done, _ModelWithHead(model, head), tokenizer, optimizer, scheduler,
+                run_meta("rm", cfg, done), keep_last=cfg.keep_checkpoints,
             )  # fmt: skip
     bar.close()
 
     # Save: final/ loads with load_reward_model (and its model part with load_model).
-    meta = {"recipe": "rm", "data_position": cfg.max_steps, "config": cfg.model_dump(mode="json")}
+    meta = run_meta("rm", cfg, cfg.steps)
     final = save_checkpoint(
-        run_dir, cfg.max_steps, _ModelWithHead(model, head), tokenizer, None, None, meta,
+        run_dir, cfg.steps, _ModelWithHead(model, head), tokenizer, None, None, meta,
         name="final",
     )  # fmt: skip
-    evals = [r for r in metrics.records if "eval/accuracy" in r]
-    losses = [r["train/loss"] for r in metrics.records if "train/loss" in r]
-    last = evals[-1] if evals else {}
-    return RunSummary(
-        run_dir=str(run_dir),
-        final_dir=str(final),
-        steps=cfg.max_steps,
-        resumed_from_step=resume.step if resume is not None else None,
-        train_pairs=len(train_tok),
-        eval_pairs=len(eval_tok),
-        eval_accuracy_before=evals[0]["eval/accuracy"] if evals else None,
-        eval_accuracy_after=last.get("eval/accuracy"),
-        eval_accuracy_ci_low=last.get("eval/accuracy_ci_low"),
-        eval_accuracy_ci_high=last.get("eval/accuracy_ci_high"),
-        eval_loss_after=last.get("eval/loss"),
-        train_loss_last=losses[-1] if losses else None,
-        seconds=time.perf_counter() - t_start,
-    )
+    return RunSummary.from_run(
+        "rm", final, cfg.steps, resume, metrics,
+        train_examples=len(train_tok), eval_examples=len(eval_tok), started=t_start,
+    )  # fmt: skip

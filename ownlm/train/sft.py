@@ -1,7 +1,7 @@
 """Supervised fine-tuning on chat JSONL: loss on assistant tokens only, LoRA or full weights.
 
     ownlm train sft --config examples/sft.yaml
-    ownlm train sft --config examples/sft.yaml --set max_steps=60 --set lora=null
+    ownlm train sft --config examples/sft.yaml --set steps=60 --set lora=null
 
 Writes <run_dir>/config.yaml, metrics.jsonl (train/loss, eval/loss, ...), step_N/ checkpoints that
 resume exactly, and final/ (an HF model dir, or a peft adapter dir for LoRA).
@@ -14,17 +14,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 from tqdm import tqdm
 
-from ownlm.config import dump_config
 from ownlm.errors import DataError
 from ownlm.models.chat import THINK_OPEN, mark_answers_without_thought
 from ownlm.models.context import find_shared_context, has_context, install_context
 from ownlm.train.checkpoint import (
-    MetricsLog,
-    find_resume,
-    load_trainer_state,
+    RunSummary,
+    restore_run,
+    run_meta,
     save_checkpoint,
     start_run,
 )
@@ -53,7 +52,6 @@ class SFTConfig(FileRecipeConfig):
     micro_batch_size: int = Field(
         4, description="chats per forward/backward; batch_size / this = accumulation"
     )
-    max_steps: int = 50
     lr: float = 2e-4
     # The cut goes into the saved chat template, so GRPO, the gate and the served model see the
     # same short prompts (ownlm/models/context.py).
@@ -75,22 +73,6 @@ class SFTConfig(FileRecipeConfig):
         description="when no training answer holds a <think> thought, the trained model opens "
         "no-think answers without the empty thought (as trained; 9 prompt tokens less)",
     )
-
-
-class RunSummary(BaseModel):
-    """What an SFT run did, printed by the CLI."""
-
-    run_dir: str
-    final_dir: str
-    steps: int
-    resumed_from_step: int | None
-    train_examples: int
-    eval_examples: int
-    skipped_too_long: int
-    eval_loss_before: float | None
-    eval_loss_after: float | None
-    train_loss_last: float | None
-    seconds: float
 
 
 def _tokenize_all(tokenizer: Any, examples: list, max_seq_len: int) -> tuple[list, int]:
@@ -121,7 +103,7 @@ def _eval_loss(model: Any, chats: list[TokenizedChat], pad_id: int, micro: int) 
 def train_sft(cfg: SFTConfig) -> RunSummary:
     """Fine-tune cfg.model on cfg.train_file; return before/after held-out loss."""
     t_start = time.perf_counter()
-    run_dir = start_run(cfg.run_dir, seed=cfg.seed, threads=cfg.threads)
+    run_dir, resume = start_run(cfg)
 
     # Data first: a malformed row should stop the run before the model loads.
     examples, eval_examples = read_train_eval(
@@ -134,7 +116,6 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
     replay = read_chats(cfg.replay_file) if has_replay else []
 
     # Model: the base, wrapped in LoRA adapters or trained whole; a resumed run loads its weights.
-    resume = find_resume(run_dir, cfg.resume, cfg.model_dump(mode="json"), cfg.resume_keys)
     model, tokenizer = load_trainable_model(
         cfg.model, cfg.lora, resume.path if resume is not None else None
     )
@@ -172,16 +153,8 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
 
     # Optimizer and schedule; a resumed run restores them with the RNG states.
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = adamw_with_schedule(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        max_steps=cfg.max_steps, schedule=cfg.lr_schedule,
-    )  # fmt: skip
-    start_step = 0
-    if resume is not None:
-        load_trainer_state(resume, optimizer, scheduler)
-        start_step = resume.step
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if resume is not None else None)
-    dump_config(cfg, run_dir / "config.yaml")
+    optimizer, scheduler = adamw_with_schedule(params, cfg, schedule=cfg.lr_schedule)
+    start_step, metrics = restore_run(run_dir, cfg, resume, optimizer, scheduler)
 
     if start_step == 0:
         metrics.append(
@@ -189,7 +162,7 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
         )
 
     # Loop: one optimizer step per batch_size sequences, accumulated over micro-batches.
-    bar = step_bar(start_step, cfg.max_steps, enabled=cfg.progress, desc="sft")
+    bar = step_bar(start_step, cfg.steps, enabled=cfg.progress, desc="sft")
     for step in bar:
         t0 = time.perf_counter()
         batch = [
@@ -220,35 +193,22 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
             "time/step_s": step_s,
             "time/tokens_per_s": n_tokens / step_s,
         }
-        if is_due(done, cfg.eval_every_steps, cfg.max_steps):
+        if is_due(done, cfg.eval_every_steps, cfg.steps):
             record["eval/loss"] = _eval_loss(model, eval_chats, pad_id, cfg.micro_batch_size)
         metrics.append(record)
         bar.set_postfix({k.split("/")[1]: f"{v:.4g}" for k, v in record.items() if "loss" in k})
-        if is_due(done, cfg.save_every_steps, cfg.max_steps):
-            meta = {"recipe": "sft", "data_position": done, "config": cfg.model_dump(mode="json")}
+        if is_due(done, cfg.save_every_steps, cfg.steps):
             save_checkpoint(
-                run_dir, done, model, tokenizer, optimizer, scheduler, meta,
-                keep_last=cfg.keep_last_checkpoints,
+                run_dir, done, model, tokenizer, optimizer, scheduler, run_meta("sft", cfg, done),
+                keep_last=cfg.keep_checkpoints,
             )  # fmt: skip
     bar.close()
 
     # Save: final/ loads with transformers (full) or peft (LoRA adapter on cfg.model's dir).
-    meta = {"recipe": "sft", "data_position": cfg.max_steps, "config": cfg.model_dump(mode="json")}
-    final = save_checkpoint(
-        run_dir, cfg.max_steps, model, tokenizer, None, None, meta, name="final"
-    )
-    evals = [r["eval/loss"] for r in metrics.records if "eval/loss" in r]
-    losses = [r["train/loss"] for r in metrics.records if "train/loss" in r]
-    return RunSummary(
-        run_dir=str(run_dir),
-        final_dir=str(final),
-        steps=cfg.max_steps,
-        resumed_from_step=resume.step if resume is not None else None,
-        train_examples=len(train_chats),
-        eval_examples=len(eval_chats),
+    meta = run_meta("sft", cfg, cfg.steps)
+    final = save_checkpoint(run_dir, cfg.steps, model, tokenizer, None, None, meta, name="final")
+    return RunSummary.from_run(
+        "sft", final, cfg.steps, resume, metrics,
+        train_examples=len(train_chats), eval_examples=len(eval_chats), started=t_start,
         skipped_too_long=skipped + skipped_eval,
-        eval_loss_before=evals[0] if evals else None,
-        eval_loss_after=evals[-1] if evals else None,
-        train_loss_last=losses[-1] if losses else None,
-        seconds=time.perf_counter() - t_start,
-    )
+    )  # fmt: skip

@@ -64,7 +64,7 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(
                     "rl": {"verifier": "ownlm.demo.app:check_legs"},
                 },
                 "sft": {
-                    "max_steps": 1,
+                    "steps": 1,
                     "batch_size": 2,
                     "micro_batch_size": 2,
                     "lora": None,

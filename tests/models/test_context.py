@@ -126,7 +126,7 @@ def test_sft_installs_the_cut_only_when_asked(tmp_path: Path, distill: bool, ans
     summary = train_sft(
         SFTConfig(
             model=str(tmp_path / "m"), train_file=str(tmp_path / "chats.jsonl"),
-            run_dir=str(tmp_path / "run"), max_steps=1, batch_size=2, micro_batch_size=2,
+            run_dir=str(tmp_path / "run"), steps=1, batch_size=2, micro_batch_size=2,
             lora=None, max_seq_len=128, save_every_steps=1, eval_every_steps=1,
             distill_context=distill, progress=False,
         )

@@ -518,7 +518,7 @@ def test_train_sft_steps_on_a_tool_using_file(
             max_seq_len=256,
             batch_size=3,
             micro_batch_size=3,
-            max_steps=1,
+            steps=1,
             eval_every_steps=1,
             save_every_steps=1,
             progress=False,

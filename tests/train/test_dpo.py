@@ -48,7 +48,7 @@ def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> DPOConfig:
         "max_seq_len": 64,
         "batch_size": 4,
         "micro_batch_size": 2,
-        "max_steps": 3,
+        "steps": 3,
         "beta": 0.5,
         "lr": 1e-2,
         "lora": {"r": 4, "alpha": 8},
@@ -63,15 +63,14 @@ def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> DPOConfig:
 def test_margin_starts_at_zero_and_rises(
     tiny_dir: Path, tmp_path: Path, finetune: str, run_records: Any, run_values: Any
 ) -> None:
-    summary = train_dpo(_config(tiny_dir, tmp_path / "run", max_steps=4, **_finetune(finetune)))
+    summary = train_dpo(_config(tiny_dir, tmp_path / "run", steps=4, **_finetune(finetune)))
     first = run_records(tmp_path / "run")[0]
     # policy == reference before training: every implicit reward is exactly 0
     assert first["step"] == 0
     assert first["eval/reward_margin"] == 0.0 and first["eval/reward_accuracy"] == 0.0
     assert run_values(tmp_path / "run", "train/loss")[0] == pytest.approx(0.693147, abs=1e-6)
-    assert summary.eval_reward_margin_after is not None
-    assert summary.eval_reward_margin_after > 0.1
-    assert summary.eval_reward_accuracy_after == 1.0
+    assert summary.evals[-1]["eval/reward_margin"] > 0.1
+    assert summary.evals[-1]["eval/reward_accuracy"] == 1.0
 
 
 def test_three_steps_match_reference_losses(
@@ -94,7 +93,7 @@ def test_resume_after_crash_equals_uninterrupted(
     tiny_dir: Path, tmp_path: Path, finetune: str, check_resume_matches: Any
 ) -> None:
     lora = {"r": 4, "alpha": 8, "dropout": 0.1} if finetune == "lora" else None
-    over: dict[str, Any] = {"max_steps": 4, "lora": lora}
+    over: dict[str, Any] = {"steps": 4, "lora": lora}
     check_resume_matches(
         dpo, train_dpo,
         _config(tiny_dir, tmp_path / "crashed", **over),
@@ -106,7 +105,7 @@ def test_resume_after_crash_equals_uninterrupted(
 def test_kill9_mid_step_then_resume_equals_uninterrupted(
     tiny_dir: Path, tmp_path: Path, check_kill9_resume: Any
 ) -> None:
-    over: dict[str, Any] = {"max_steps": 4, "lora": None}
+    over: dict[str, Any] = {"steps": 4, "lora": None}
     check_kill9_resume(
         "dpo", train_dpo,
         _config(tiny_dir, tmp_path / "killed", **over),
@@ -118,8 +117,8 @@ def test_kill9_mid_step_then_resume_equals_uninterrupted(
 def test_outputs_load_with_transformers_and_peft(
     tiny_dir: Path, tmp_path: Path, check_outputs_load: Callable[[Path, Path, Path], None]
 ) -> None:
-    train_dpo(_config(tiny_dir, tmp_path / "full", lora=None, max_steps=1))
-    train_dpo(_config(tiny_dir, tmp_path / "lora", max_steps=1))
+    train_dpo(_config(tiny_dir, tmp_path / "full", lora=None, steps=1))
+    train_dpo(_config(tiny_dir, tmp_path / "lora", steps=1))
     check_outputs_load(tiny_dir / "model", tmp_path / "full" / "final", tmp_path / "lora" / "final")
 
 
@@ -145,8 +144,8 @@ def test_dpo_raises_held_out_margin_on_smollm2(
         [f"run_dir={tmp_path / 'run'}"],
     )
     summary = train_dpo(cfg)
-    assert summary.eval_reward_margin_before == 0.0
+    before, after = summary.evals[0], summary.evals[-1]
+    assert before["eval/reward_margin"] == 0.0
     # measured: margin 0 -> 3.3, reward accuracy 0 -> 0.94
-    assert summary.eval_reward_margin_after is not None and summary.eval_reward_margin_after > 1.0
-    assert summary.eval_reward_accuracy_after is not None
-    assert summary.eval_reward_accuracy_after > 0.7
+    assert after["eval/reward_margin"] > 1.0
+    assert after["eval/reward_accuracy"] > 0.7

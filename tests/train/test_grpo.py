@@ -94,7 +94,7 @@ def config(tiny_dir: Path, run_dir: Path, **kw: Any) -> GRPOConfig:
     base: dict[str, Any] = {
         "model": str(tiny_dir), "run_dir": str(run_dir), "steps": 3, "prompts_per_step": 2,
         "group_size": 4, "max_new_tokens": 6, "lr": 1e-2, "train_problems": 16,
-        "checkpoint_every_steps": 1, "threads": 1,
+        "save_every_steps": 1, "threads": 1,
     }  # fmt: skip
     base.update(kw)
     return GRPOConfig.model_validate(base)
@@ -161,7 +161,7 @@ train_grpo(cfg, env=DigitEnv(sleep_after_scores={sleep_after}))
 def test_kill9_then_resume_matches_uninterrupted(
     tiny_dir: Path, tmp_path: Path, lora: bool
 ) -> None:
-    extra: dict[str, Any] = {"steps": 4, "checkpoint_every_steps": 2}
+    extra: dict[str, Any] = {"steps": 4, "save_every_steps": 2}
     if lora:
         extra.update(lora={"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}, lr=5e-2)
     train_grpo(config(tiny_dir, tmp_path / "full", **extra), env=DigitEnv())

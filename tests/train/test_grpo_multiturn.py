@@ -81,7 +81,7 @@ def config(tiny_dir: Path, run_dir: Path, **kw: Any) -> GRPOConfig:
     base: dict[str, Any] = {
         "model": str(tiny_dir), "run_dir": str(run_dir), "steps": 3, "prompts_per_step": 2,
         "group_size": 4, "max_new_tokens": 8, "max_episode_tokens": 96, "lr": 1e-3,
-        "train_problems": 8, "checkpoint_every_steps": 1, "threads": 1,
+        "train_problems": 8, "save_every_steps": 1, "threads": 1,
     }  # fmt: skip
     base.update(kw)
     return GRPOConfig.model_validate(base)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
 
 from ownlm.train.losses import (
+    GRPO_LOSSES,
+    LossName,
+    batch_normalizer,
     clip_fraction,
     dpo_loss,
     group_advantages,
@@ -139,3 +143,24 @@ def test_kl_k3_by_hand_and_beta() -> None:
     assert with_kl.item() == pytest.approx(4 / 5 + 0.1 * (0.5 + math.log(2) - 1), abs=1e-6)
     with pytest.raises(ValueError, match="ref_logp"):
         grpo_loss(LOGP, LOGP, ADV, MASK, beta=0.1)
+
+
+@pytest.mark.parametrize("variant", ["grpo", "dr_grpo", "dapo"])
+def test_batch_normalizer_is_the_whole_batch_denominator(variant: str) -> None:
+    # MASK: 2 sequences, 5 counted tokens; max_tokens 3 (the denominators above)
+    rows, tokens = MASK.shape[0], int(MASK.sum())
+    assert batch_normalizer(variant, rows=rows, tokens=tokens, max_tokens=3) == {
+        "grpo": 2, "dr_grpo": 6, "dapo": 5
+    }[variant]  # fmt: skip
+
+
+def test_every_loss_name_has_one_row_in_the_table() -> None:
+    assert set(GRPO_LOSSES) == set(typing.get_args(LossName))
+    # the rows as the papers define them
+    assert [n for n, s in GRPO_LOSSES.items() if s.scale_by_std] == ["grpo", "dapo"]
+    assert [n for n, s in GRPO_LOSSES.items() if s.drop_flat_groups] == ["dapo"]
+    assert {n: s.reduction for n, s in GRPO_LOSSES.items()} == {
+        "grpo": "grpo", "dr_grpo": "dr_grpo", "dapo": "dapo", "rloo": "grpo"
+    }  # fmt: skip
+    assert {n: s.estimator for n, s in GRPO_LOSSES.items()}["rloo"] == "rloo"
+    assert GRPO_LOSSES["dapo"].clip_eps_high == 0.28

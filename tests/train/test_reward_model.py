@@ -58,7 +58,7 @@ def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> RewardModelConfig:
         "max_seq_len": 96,
         "batch_size": 8,
         "micro_batch_size": 4,
-        "max_steps": 3,
+        "steps": 3,
         "lr": 1e-2,
         "lora": {"r": 4, "alpha": 8},
         "eval_every_steps": 1,
@@ -78,18 +78,17 @@ def test_bradley_terry_loss_by_hand() -> None:
 def test_learns_polite_over_rude_and_not_shuffled_labels(
     tiny_dir: Path, tmp_path: Path, finetune: str
 ) -> None:
-    over: dict[str, Any] = {"max_steps": 30, "eval_every_steps": 30, "save_every_steps": 30}
+    over: dict[str, Any] = {"steps": 30, "eval_every_steps": 30, "save_every_steps": 30}
     if finetune == "full":
         over.update(lora=None, lr=3e-3)
     summary = train_reward_model(_config(tiny_dir, tmp_path / "real", **over))
-    print(
-        "real", summary.eval_accuracy_before, summary.eval_accuracy_after, summary.eval_loss_after
-    )
-    assert summary.eval_pairs == 16 and summary.train_pairs == 48
+    before, after = summary.evals[0], summary.evals[-1]
+    print("real", before["eval/accuracy"], after["eval/accuracy"], after["eval/loss"])
+    assert summary.eval_examples == 16 and summary.train_examples == 48
     # 16 held-out pairs: >= 15 right puts the Wilson lower bound above 0.7, well clear of chance
-    assert summary.eval_accuracy_after is not None and summary.eval_accuracy_after >= 15 / 16
-    assert summary.eval_accuracy_ci_low is not None and summary.eval_accuracy_ci_low > 0.7
-    assert summary.eval_loss_after is not None and summary.eval_loss_after < 0.3
+    assert after["eval/accuracy"] >= 15 / 16
+    assert after["eval/accuracy_ci_low"] > 0.7
+    assert after["eval/loss"] < 0.3
     # The same run on labels shuffled at random has nothing to learn: held-out accuracy stays
     # near chance, so the accuracy above comes from the preference, not from the set-up.
     control = train_reward_model(
@@ -97,7 +96,7 @@ def test_learns_polite_over_rude_and_not_shuffled_labels(
             tiny_dir, tmp_path / "control", train_file=str(tiny_dir / "rm_control.jsonl"), **over
         )
     )
-    assert control.eval_accuracy_after is not None and control.eval_accuracy_after <= 12 / 16
+    assert control.evals[-1]["eval/accuracy"] <= 12 / 16
 
 
 def test_accumulation_2x4_equals_1x8(tiny_dir: Path, tmp_path: Path, run_values: Any) -> None:
@@ -113,7 +112,7 @@ def test_resume_after_crash_equals_uninterrupted(
     tiny_dir: Path, tmp_path: Path, finetune: str, check_resume_matches: Any
 ) -> None:
     lora = {"r": 4, "alpha": 8, "dropout": 0.1} if finetune == "lora" else None
-    over: dict[str, Any] = {"max_steps": 4, "lora": lora}
+    over: dict[str, Any] = {"steps": 4, "lora": lora}
     check_resume_matches(
         reward_model, train_reward_model,
         _config(tiny_dir, tmp_path / "crashed", **over),
@@ -128,7 +127,7 @@ def test_resume_after_crash_equals_uninterrupted(
 def test_saved_model_loads_and_scores_like_training(
     tiny_dir: Path, tmp_path: Path, finetune: str, run_values: Any
 ) -> None:
-    over: dict[str, Any] = {"max_steps": 2, "eval_fraction": 0.5}
+    over: dict[str, Any] = {"steps": 2, "eval_fraction": 0.5}
     if finetune == "full":
         over["lora"] = None
     summary = train_reward_model(_config(tiny_dir, tmp_path / "run", **over))
@@ -186,7 +185,7 @@ def test_bad_inputs(tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no reward_head.safetensors in"):
         load_reward_model(tiny_dir / "model")
     rm_dir = tmp_path / "ok"
-    train_reward_model(_config(tiny_dir, rm_dir, max_steps=1))
+    train_reward_model(_config(tiny_dir, rm_dir, steps=1))
     with pytest.raises(DataError, match="does not end with an assistant message"):
         load_reward_model(rm_dir).score_texts([[{"role": "user", "content": "hi"}]])
 
@@ -203,7 +202,7 @@ def test_reward_model_ranks_held_out_pairs_on_smollm2(
     summary = train_reward_model(cfg)
     # measured (docs/rewards.md): 80 held-out pairs, eval loss 0.565 -> 0.366, accuracy 0.71
     # (Wilson 95% CI 0.61-0.80); 39/39 of the rambling rejections, 18/41 of the wrong results.
-    assert summary.eval_accuracy_ci_low is not None and summary.eval_accuracy_ci_low > 0.5
+    assert summary.evals[-1]["eval/accuracy_ci_low"] > 0.5
     losses = run_values(tmp_path / "run", "eval/loss")
     assert losses[-1] < losses[0] - 0.1
     rm = load_reward_model(summary.final_dir, max_seq_len=cfg.max_seq_len)

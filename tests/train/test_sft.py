@@ -51,7 +51,7 @@ def _config(tiny_dir: Path, run_dir: Path, **over: Any) -> SFTConfig:
         "max_seq_len": 64,
         "batch_size": 4,
         "micro_batch_size": 2,
-        "max_steps": 3,
+        "steps": 3,
         "lr": 1e-2,
         "lora": {"r": 4, "alpha": 8},
         "eval_every_steps": 2,
@@ -69,8 +69,7 @@ def test_three_steps_match_reference_losses(
     assert summary.train_examples == 18 and summary.eval_examples == 6
     # eval at step 0, at step 2 (every 2) and at the last step
     assert [r["step"] for r in run_records(tmp_path / "run") if "eval/loss" in r] == [0, 2, 3]
-    assert summary.eval_loss_after is not None and summary.eval_loss_before is not None
-    assert summary.eval_loss_after < summary.eval_loss_before
+    assert summary.evals[-1]["eval/loss"] < summary.evals[0]["eval/loss"]
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
@@ -91,7 +90,7 @@ def test_resume_after_crash_equals_uninterrupted(
 ) -> None:
     # LoRA dropout draws from the torch RNG each step, so the RNG state must resume too.
     lora = {"r": 4, "alpha": 8, "dropout": 0.1} if finetune == "lora" else None
-    over: dict[str, Any] = {"max_steps": 4, "lora": lora}
+    over: dict[str, Any] = {"steps": 4, "lora": lora}
     check_resume_matches(
         sft, train_sft,
         _config(tiny_dir, tmp_path / "crashed", **over),
@@ -103,7 +102,7 @@ def test_resume_after_crash_equals_uninterrupted(
 def test_kill9_mid_step_then_resume_equals_uninterrupted(
     tiny_dir: Path, tmp_path: Path, check_kill9_resume: Any
 ) -> None:
-    over: dict[str, Any] = {"max_steps": 4, "lora": None}
+    over: dict[str, Any] = {"steps": 4, "lora": None}
     check_kill9_resume(
         "sft", train_sft,
         _config(tiny_dir, tmp_path / "killed", **over),
@@ -113,16 +112,16 @@ def test_kill9_mid_step_then_resume_equals_uninterrupted(
 
 
 def test_resume_with_a_different_seed_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
-    train_sft(_config(tiny_dir, tmp_path / "run", max_steps=1))
+    train_sft(_config(tiny_dir, tmp_path / "run", steps=1))
     with pytest.raises(ConfigError, match="seed=0 but the config now says seed=1"):
-        train_sft(_config(tiny_dir, tmp_path / "run", max_steps=1, seed=1))
+        train_sft(_config(tiny_dir, tmp_path / "run", steps=1, seed=1))
 
 
 def test_outputs_load_with_transformers_and_peft(
     tiny_dir: Path, tmp_path: Path, check_outputs_load: Callable[[Path, Path, Path], None]
 ) -> None:
-    train_sft(_config(tiny_dir, tmp_path / "full", lora=None, max_steps=1))
-    train_sft(_config(tiny_dir, tmp_path / "lora", max_steps=1))
+    train_sft(_config(tiny_dir, tmp_path / "full", lora=None, steps=1))
+    train_sft(_config(tiny_dir, tmp_path / "lora", steps=1))
     check_outputs_load(tiny_dir / "model", tmp_path / "full" / "final", tmp_path / "lora" / "final")
 
 
@@ -148,14 +147,14 @@ def test_sft_lowers_held_out_loss_on_smollm2(
         "examples/sft.yaml",
         [
             f"run_dir={tmp_path / 'run'}",
-            "max_steps=10",
+            "steps=10",
             "eval_every_steps=10",
             "save_every_steps=10",
         ],
     )
     summary = train_sft(cfg)
-    assert summary.eval_loss_before is not None and summary.eval_loss_after is not None
-    assert summary.eval_loss_after < 0.5 * summary.eval_loss_before  # measured: 1.17 -> 0.13
+    before, after = summary.evals[0]["eval/loss"], summary.evals[-1]["eval/loss"]
+    assert after < 0.5 * before  # measured: 1.17 -> 0.13
 
 
 def test_replayed_chats_are_trained_on_but_not_cut_by_context_distillation(
@@ -181,7 +180,7 @@ def test_replayed_chats_are_trained_on_but_not_cut_by_context_distillation(
     summary = train_sft(
         _config(
             tiny_dir, tmp_path / "run", train_file=str(tmp_path / "app.jsonl"),
-            replay_file=str(tmp_path / "replay.jsonl"), max_steps=1, max_seq_len=128,
+            replay_file=str(tmp_path / "replay.jsonl"), steps=1, max_seq_len=128,
         )
     )  # fmt: skip
     assert summary.train_examples == 27 + 6  # 36 app chats less a quarter held out, + 6 replayed
