@@ -664,6 +664,7 @@ class Gateway:
             max_batch=self.cfg.max_batch,
             max_queue=self.cfg.max_queue,
             on_built=self._settle,
+            on_batch=self._flush_settled,
             spill=spill,
             timeout_s=self.cfg.store_timeout_s,
         )
@@ -731,10 +732,16 @@ class Gateway:
         if self.shared is None:
             self.keys.settle(key_id, held, cost)
             return
+        self.shared.settle(key_id, held, cost)  # sent once per batch: _flush_settled
+
+    def _flush_settled(self) -> None:
+        """Replicas: the batch's settlements to the shared state, one transaction (writer)."""
+        if self.shared is None:
+            return
         try:
-            self.shared.settle(key_id, held, cost)
-        except redis.RedisError as err:  # the hold lapses with this replica's heartbeat
-            log.error("could not settle $%.6f of key %s in the shared state: %s", cost, key_id, err)
+            self.shared.flush_settled()
+        except redis.RedisError as err:  # the holds lapse with this replica's heartbeat
+            log.error("could not settle a batch's spend in the shared state: %s", err)
 
     async def _refresh_keys_once(self) -> None:
         """Replicas: keys created or disabled on any replica (the api_keys table) apply here."""

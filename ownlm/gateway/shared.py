@@ -10,7 +10,8 @@ processes on one PostgreSQL store behind a load balancer) keep it here instead:
 - a key's spend is one counter (`spent:<key>`, seeded from the stored traces with SET NX when a
   replica starts) and its holds one hash with a field per replica (`held:<key>`); `RESERVE`
   refuses while spend plus the holds of live replicas has reached the budget, then adds the
-  request's worst case; the writer thread settles (hold released, cost counted). A replica's
+  request's worst case; the writer thread settles (hold released, cost counted: one
+  transaction per trace batch). A replica's
   holds count only while its heartbeat key lives (10 s), so a killed replica cannot hold a
   budget forever;
 - the reply cache is one key per entry with the cache's TTL;
@@ -93,6 +94,7 @@ class SharedState:
             raise ConfigError(
                 f"shared_state_url {url!r}: {err}; use redis://host:6379/0 (Valkey or Redis)"
             ) from err
+        self._unsettled: dict[str, tuple[float, float]] = {}  # key -> (held, cost), this batch
         self._take = self._aio.register_script(TAKE)
         self._reserve = self._aio.register_script(RESERVE)
 
@@ -142,13 +144,29 @@ class SharedState:
         return ok in (b"1", "1"), float(spent), float(held)
 
     def settle(self, key_id: str, reserved_usd: float, cost_usd: float) -> None:
-        """A request is done (writer thread): release its hold, count its cost."""
+        """A request is done (writer thread): its hold released and its cost counted at the next
+        `flush_settled`, once per trace batch."""
+        held, cost = self._unsettled.get(key_id, (0.0, 0.0))
+        self._unsettled[key_id] = (held + reserved_usd, cost + cost_usd)
+
+    def flush_settled(self) -> None:
+        """Send the batch's settlements in one transaction (writer thread, after each batch)."""
+        if not self._unsettled:
+            return
+        todo, self._unsettled = self._unsettled, {}
         pipe = self._sync.pipeline(transaction=True)
-        if reserved_usd:
-            pipe.hincrbyfloat(f"{PREFIX}held:{key_id}", self.replica_id, -reserved_usd)
-        if cost_usd:
-            pipe.incrbyfloat(f"{PREFIX}spent:{key_id}", cost_usd)
-        pipe.execute()
+        for key_id, (held, cost) in todo.items():
+            if held:
+                pipe.hincrbyfloat(f"{PREFIX}held:{key_id}", self.replica_id, -held)
+            if cost:
+                pipe.incrbyfloat(f"{PREFIX}spent:{key_id}", cost)
+        try:
+            pipe.execute()
+        except redis.RedisError:  # kept for the next batch, so no spend goes uncounted
+            for key_id, (held, cost) in todo.items():
+                h, c = self._unsettled.get(key_id, (0.0, 0.0))
+                self._unsettled[key_id] = (h + held, c + cost)
+            raise
 
     async def spent(self, key_id: str) -> float:
         value = await self._aio.get(f"{PREFIX}spent:{key_id}")

@@ -102,6 +102,7 @@ class TraceWriter:
         max_queue: int = 20_000,
         on_written: Callable[[list[Trace]], None] | None = None,
         on_built: Callable[[Trace | TraceBuilder, Trace | None], None] | None = None,
+        on_batch: Callable[[], None] | None = None,
         spill: Spill | None = None,
         replay_interval_s: float = 1.0,
         timeout_s: float | None = None,
@@ -115,6 +116,7 @@ class TraceWriter:
         self.max_queue = max_queue
         self.on_written = on_written
         self.on_built = on_built  # each item and its row (None: could not build), before writing
+        self.on_batch = on_batch  # after on_built of every item of a batch
         self.dropped = 0  # traces refused because the queue was full
         self.failed = 0  # traces lost to a store error
         self.quarantined = 0  # traces the database refused for their data (logged, not stored)
@@ -230,6 +232,11 @@ class TraceWriter:
                 self.on_built(item, row)
             if row is not None:
                 rows.append(row)
+        if self.on_batch is not None:
+            try:
+                self.on_batch()
+            except Exception:  # e.g. the shared state is down: the batch is written anyway
+                log.exception("the after-batch step failed")
         if (
             self.spill is not None
             and self.spill.count
