@@ -1,6 +1,6 @@
 """The promotion gate: a candidate must gain on the app's domain and not lose general ability.
 
-    ownlm gate --config examples/gate.yaml --set candidate=app-own@2
+    ownlm gate --set candidate=app-own@2 --set store_url=sqlite:///ownlm.db
 
 Both models are evaluated greedily on the same problems: the domain suite (held out from the
 app's traces, exported by `ownlm export`) and the general suite (a fixed mix of reasoning-gym

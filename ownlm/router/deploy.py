@@ -1,6 +1,6 @@
 """Promote a gated model as a canary arm, roll back, and turn deployments into routing.
 
-    ownlm promote --config examples/promote.yaml --set model=app-own@2
+    ownlm promote --set model=app-own@2 --set alias=assistant --set incumbent=strong
     ownlm rollback --set store_url=sqlite:///ownlm.db --set alias=app
 
 `promote` writes a deployment row to the store: the alias's traffic is split between the
