@@ -169,48 +169,133 @@ served_models = Table(
 )
 
 
+def _create_table(conn: Connection, name: str, columns: str, *indexes: str) -> None:
+    """CREATE TABLE name (columns) and its indexes, unless the table exists (as create_all did:
+    a database made by hand, or by a step of the create_all era, may have it already)."""
+    if inspect(conn).has_table(name):
+        return
+    conn.execute(text(f"CREATE TABLE {name} ({columns})"))
+    for index in indexes:
+        conn.execute(text(index))
+
+
+def _add_columns(conn: Connection, table: str, *columns: tuple[str, str]) -> None:
+    """ALTER TABLE ADD COLUMN for each (name, type) the table lacks. Steps of the create_all era
+    created today's tables, so a database they made may have a later version's columns."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, sql_type in columns:
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+
+# Each step below is the DDL of its version as written then (reconstructed from the create_all
+# steps' tables at that commit), in SQL that SQLite and PostgreSQL both run. Never change a
+# step to match a later table: add a step. tests/store/test_tables.py checks that the steps in
+# order give today's Table definitions. "user" is quoted: it is reserved in PostgreSQL.
+
+
 def _create_v1(conn: Connection) -> None:
-    """Version 1: traces, feedback, experiments, model versions, API keys."""
-    metadata.create_all(conn, tables=[traces, feedback, experiments, model_versions, api_keys])
+    """Version 1 (95025d5): traces, feedback, experiments, model versions, API keys."""
+    _create_table(
+        conn,
+        "traces",
+        "trace_id VARCHAR(32) NOT NULL, created_at FLOAT NOT NULL, endpoint VARCHAR(32) NOT NULL, "
+        "alias VARCHAR(200) NOT NULL, variant VARCHAR(200) NOT NULL, "
+        "upstream VARCHAR(200) NOT NULL, upstream_model VARCHAR(200) NOT NULL, "
+        "request JSON NOT NULL, response JSON, status INTEGER NOT NULL, error TEXT, "
+        "stream BOOLEAN NOT NULL, prompt_tokens INTEGER NOT NULL, "
+        "completion_tokens INTEGER NOT NULL, latency_ms FLOAT NOT NULL, ttft_ms FLOAT, "
+        'cost_usd FLOAT NOT NULL, "user" VARCHAR(200), session VARCHAR(200), '
+        "tags JSON NOT NULL, metadata JSON NOT NULL, key_id VARCHAR(32), "
+        "cache_hit BOOLEAN NOT NULL, reason TEXT NOT NULL, experiment VARCHAR(200), "
+        "arm VARCHAR(200), PRIMARY KEY (trace_id)",
+        "CREATE INDEX ix_traces_created_at ON traces (created_at)",
+        "CREATE INDEX ix_traces_experiment_arm ON traces (experiment, arm)",
+        "CREATE INDEX ix_traces_key_id ON traces (key_id)",
+    )
+    _create_table(
+        conn,
+        "feedback",
+        "feedback_id VARCHAR(32) NOT NULL, trace_id VARCHAR(32) NOT NULL, "
+        "created_at FLOAT NOT NULL, thumbs INTEGER, score FLOAT, value FLOAT, comment TEXT, "
+        '"user" VARCHAR(200), key_id VARCHAR(32), PRIMARY KEY (feedback_id)',
+        "CREATE INDEX ix_feedback_trace_id ON feedback (trace_id)",
+    )
+    _create_experiments_v1(conn)
+    _create_table(
+        conn,
+        "model_versions",
+        "name VARCHAR(200) NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL, "
+        "base_model VARCHAR(200) NOT NULL, status VARCHAR(32) NOT NULL, "
+        "metrics JSON NOT NULL, created_at FLOAT NOT NULL, PRIMARY KEY (name, version)",
+    )
+    _create_table(
+        conn,
+        "api_keys",
+        "key_id VARCHAR(32) NOT NULL, key_sha256 VARCHAR(64) NOT NULL, "
+        "name VARCHAR(200) NOT NULL, rate_per_s FLOAT NOT NULL, burst INTEGER NOT NULL, "
+        "budget_usd FLOAT, disabled BOOLEAN NOT NULL, created_at FLOAT NOT NULL, "
+        "PRIMARY KEY (key_id), UNIQUE (key_sha256)",
+    )
+
+
+def _create_experiments_v1(conn: Connection) -> None:
+    """The experiments table of version 1 (version 4 adds `eliminated`)."""
+    _create_table(
+        conn,
+        "experiments",
+        "name VARCHAR(200) NOT NULL, alias VARCHAR(200) NOT NULL, arms JSON NOT NULL, "
+        "weights JSON NOT NULL, status VARCHAR(32) NOT NULL, created_at FLOAT NOT NULL, "
+        "PRIMARY KEY (name)",
+    )
 
 
 def _registry_v2(conn: Connection) -> None:
-    """Version 2: lineage columns on model versions; gate decisions; deployments."""
-    have = {c["name"] for c in inspect(conn).get_columns("model_versions")}
-    for name, sql_type in (("parent", "VARCHAR(200)"), ("lineage", "JSON")):
-        if name not in have:  # a database created at version 2 already has them
-            conn.execute(text(f"ALTER TABLE model_versions ADD COLUMN {name} {sql_type}"))
-    metadata.create_all(conn, tables=[gate_decisions, deployments])
+    """Version 2 (5e94865): lineage columns on model versions; gate decisions; deployments."""
+    _add_columns(conn, "model_versions", ("parent", "VARCHAR(200)"), ("lineage", "JSON"))
+    _create_table(
+        conn,
+        "gate_decisions",
+        "decision_id VARCHAR(32) NOT NULL, created_at FLOAT NOT NULL, "
+        "name VARCHAR(200) NOT NULL, version INTEGER NOT NULL, "
+        "incumbent VARCHAR(400) NOT NULL, promote BOOLEAN NOT NULL, reasons JSON NOT NULL, "
+        "metrics JSON NOT NULL, PRIMARY KEY (decision_id)",
+        "CREATE INDEX ix_gate_decisions_model ON gate_decisions (name, version)",
+    )
+    # seq numbers the rows: SERIAL on PostgreSQL; on SQLite an INTEGER primary key is the rowid,
+    # which numbers them (the types create_all gave it)
+    seq_type = "SERIAL" if conn.dialect.name == "postgresql" else "INTEGER"
+    _create_table(
+        conn,
+        "deployments",
+        f"seq {seq_type} NOT NULL, created_at FLOAT NOT NULL, alias VARCHAR(200) NOT NULL, "
+        "arms JSON NOT NULL, models JSON NOT NULL, experiment JSON, canary VARCHAR(200), "
+        "incumbent VARCHAR(200) NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (seq)",
+        "CREATE INDEX ix_deployments_alias ON deployments (alias, seq)",
+    )
 
 
 def _escalations_v3(conn: Connection) -> None:
-    """Version 3: deployments carry the own models' escalation (confidence routing)."""
-    have = {c["name"] for c in inspect(conn).get_columns("deployments")}
-    if "escalations" not in have:  # a database created at version 2+ by create_all has it
-        conn.execute(text("ALTER TABLE deployments ADD COLUMN escalations JSON"))
+    """Version 3 (3176ac3): deployments carry the own models' escalation (confidence routing)."""
+    _add_columns(conn, "deployments", ("escalations", "JSON"))
 
 
 def _eliminated_v4(conn: Connection) -> None:
-    """Version 4: experiments keep the arms their test eliminated (decisions outlive a restart)."""
-    if not inspect(conn).has_table("experiments"):  # a version-1 file made by hand, say
-        metadata.create_all(conn, tables=[experiments])
-        return
-    have = {c["name"] for c in inspect(conn).get_columns("experiments")}
-    if "eliminated" not in have:  # a database created at version 4+ by create_all has it
-        conn.execute(text("ALTER TABLE experiments ADD COLUMN eliminated JSON"))
+    """Version 4 (329d924): experiments keep the arms their test eliminated (decisions outlive a
+    restart)."""
+    _create_experiments_v1(conn)  # a version-1 file made by hand may lack the table
+    _add_columns(conn, "experiments", ("eliminated", "JSON"))
 
 
 def _served_models_v5(conn: Connection) -> None:
-    """Version 5: the models the gateway serves, with kind and prices (read by the report).
-    The DDL as written for this version, not today's table definition."""
-    if not inspect(conn).has_table("served_models"):
-        conn.execute(
-            text(
-                "CREATE TABLE served_models (name VARCHAR(200) NOT NULL PRIMARY KEY, "
-                "kind VARCHAR(32) NOT NULL, price_in_usd_per_mtok FLOAT NOT NULL, "
-                "price_out_usd_per_mtok FLOAT NOT NULL, updated_at FLOAT NOT NULL)"
-            )
-        )
+    """Version 5: the models the gateway serves, with kind and prices (read by the report)."""
+    _create_table(
+        conn,
+        "served_models",
+        "name VARCHAR(200) NOT NULL PRIMARY KEY, kind VARCHAR(32) NOT NULL, "
+        "price_in_usd_per_mtok FLOAT NOT NULL, price_out_usd_per_mtok FLOAT NOT NULL, "
+        "updated_at FLOAT NOT NULL",
+    )
 
 
 # (version, step). Append new steps at the end; never edit an applied one.
