@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if result is not None:
+    if result is not None and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 says it
         dump = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
         print(json.dumps(dump, indent=2, default=str))
     return 0

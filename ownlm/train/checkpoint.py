@@ -180,15 +180,17 @@ def run_meta(recipe: str, cfg: RunConfig, data_position: int) -> dict[str, Any]:
 class MetricsLog:
     """`<run_dir>/metrics.jsonl` of a run: trimmed to the resumed step, then one record a step."""
 
-    def __init__(self, path: Path, resumed_step: int | None) -> None:
+    def __init__(self, path: Path, resumed_step: int | None, write: bool = True) -> None:
         self.path = path
-        self.records = keep_metrics_until(path, resumed_step)
+        self.write = write  # False: a learner process other than rank 0 keeps records only
+        self.records = keep_metrics_until(path, resumed_step) if write else []
 
     def append(self, record: dict[str, Any]) -> None:
         """Keep record and append it to the file as one JSON line."""
         self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.write:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def restore_run(
@@ -197,15 +199,20 @@ def restore_run(
     resume: ResumeState | None,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    *,
+    write: bool = True,
 ) -> tuple[int, MetricsLog]:
     """Continue where resume left off (optimizer, scheduler and RNG states), trim the metrics log
-    to its step and write the resolved config. Returns (first step to run, the metrics log)."""
+    to its step and write the resolved config (`write`: this process writes the run's files).
+    Returns (first step to run, the metrics log)."""
     start_step = 0
     if resume is not None:
         load_trainer_state(resume, optimizer, scheduler)
         start_step = resume.step
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if resume is not None else None)
-    dump_config(cfg, run_dir / "config.yaml")
+    resumed = start_step if resume is not None else None
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resumed, write=write)
+    if write:
+        dump_config(cfg, run_dir / "config.yaml")
     return start_step, metrics
 
 

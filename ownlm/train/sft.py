@@ -36,6 +36,7 @@ from ownlm.train.datasets import (
     tokenize_chat,
     truncate_chat,
 )
+from ownlm.train.distributed import finish, init_world, sum_gradients, sum_values
 from ownlm.train.lora import load_trainable_model
 from ownlm.train.recipe_config import FileRecipeConfig, check_max_seq_len
 from ownlm.train.schedule import adamw_with_schedule, is_due, optimizer_step, step_bar
@@ -104,6 +105,7 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
     """Fine-tune cfg.model on cfg.train_file; return before/after held-out loss."""
     t_start = time.perf_counter()
     run_dir, resume = start_run(cfg)
+    world = init_world()  # under torchrun: this process's share of each step (distributed.py)
 
     # Data first: a malformed row should stop the run before the model loads.
     examples, eval_examples = read_train_eval(
@@ -154,7 +156,9 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
     # Optimizer and schedule; a resumed run restores them with the RNG states.
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = adamw_with_schedule(params, cfg, schedule=cfg.lr_schedule)
-    start_step, metrics = restore_run(run_dir, cfg, resume, optimizer, scheduler)
+    start_step, metrics = restore_run(
+        run_dir, cfg, resume, optimizer, scheduler, write=world.is_main
+    )
 
     if start_step == 0:
         metrics.append(
@@ -162,7 +166,7 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
         )
 
     # Loop: one optimizer step per batch_size sequences, accumulated over micro-batches.
-    bar = step_bar(start_step, cfg.steps, enabled=cfg.progress, desc="sft")
+    bar = step_bar(start_step, cfg.steps, enabled=cfg.progress and world.is_main, desc="sft")
     for step in bar:
         t0 = time.perf_counter()
         batch = [
@@ -171,7 +175,9 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
         # Normalise by the counted tokens of the whole batch, so 2x2 accumulation equals 1x4.
         n_counted = sum(sum(c.loss_mask[1:]) for c in batch)
         loss_sum, n_tokens = 0.0, 0
-        for i in range(0, cfg.batch_size, cfg.micro_batch_size):
+        for k, i in enumerate(range(0, cfg.batch_size, cfg.micro_batch_size)):
+            if not world.mine(k):  # another learner process's micro-batch
+                continue
             b = collate(batch[i : i + cfg.micro_batch_size], pad_id)
             logp, _ = counted_token_logprobs(
                 model, b["input_ids"], b["attention_mask"], b["loss_mask"]
@@ -180,6 +186,8 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
             loss.backward()
             loss_sum += float(loss.detach())
             n_tokens += int(b["attention_mask"].sum())
+        sum_gradients(params, world)  # the whole batch's gradient in every process
+        loss_sum, n_tokens = sum_values([loss_sum, n_tokens], world)
         grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
         step_s = time.perf_counter() - t0
 
@@ -197,7 +205,7 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
             record["eval/loss"] = _eval_loss(model, eval_chats, pad_id, cfg.micro_batch_size)
         metrics.append(record)
         bar.set_postfix({k.split("/")[1]: f"{v:.4g}" for k, v in record.items() if "loss" in k})
-        if is_due(done, cfg.save_every_steps, cfg.steps):
+        if is_due(done, cfg.save_every_steps, cfg.steps) and world.is_main:
             save_checkpoint(
                 run_dir, done, model, tokenizer, optimizer, scheduler, run_meta("sft", cfg, done),
                 keep_last=cfg.keep_checkpoints,
@@ -206,7 +214,12 @@ def train_sft(cfg: SFTConfig) -> RunSummary:
 
     # Save: final/ loads with transformers (full) or peft (LoRA adapter on cfg.model's dir).
     meta = run_meta("sft", cfg, cfg.steps)
-    final = save_checkpoint(run_dir, cfg.steps, model, tokenizer, None, None, meta, name="final")
+    final = run_dir / "final"
+    if world.is_main:
+        final = save_checkpoint(
+            run_dir, cfg.steps, model, tokenizer, None, None, meta, name="final"
+        )
+    finish(world)
     return RunSummary.from_run(
         "sft", final, cfg.steps, resume, metrics,
         train_examples=len(train_chats), eval_examples=len(eval_chats), started=t_start,
