@@ -175,6 +175,7 @@ def routes(gw: Gateway) -> dict[tuple[str, str], Handler]:
         name = body.get("name")
         if not isinstance(name, str) or not name:
             raise WireError(400, "'name' must be a non-empty string", param="name")
+        check_label("name", name, 200, "the key's name")  # the store's column is 200
         rate = body.get("rate_per_s", gw.cfg.default_rate_per_s)
         burst = body.get("burst", gw.cfg.default_burst)
         budget = body.get("budget_usd")

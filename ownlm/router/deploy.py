@@ -167,8 +167,13 @@ def routing_for(base: RouterConfig, deployments: dict[str, Deployment]) -> Route
 
 
 def decide_canary(reg: Registry, dep: Deployment, eliminated: frozenset[str], p: float) -> str:
-    """Act on a canary's test result: rollback if it lost, promoted if it won; '' if undecided."""
+    """Act on a canary's test result: rollback if it lost, promoted if it won; '' if undecided
+    or if `dep` is no longer the alias's live deployment (a hand rollback or a new promote came
+    first: acting on the stale one would undo it)."""
     if dep.canary is None:
+        return ""
+    live = reg.current(dep.alias)
+    if live is None or live.seq != dep.seq:
         return ""
     version = reg.by_variant(dep.canary)
     if dep.canary in eliminated:

@@ -114,12 +114,6 @@ def test_a_body_that_is_not_an_object_is_a_400(gw: InProcess) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key name is not checked: SQLite stores a 300-character or NUL-holding name, "
-    "PostgreSQL refuses it (VARCHAR(200), no NUL in text) and the client gets a 503 'the store "
-    "failed ... retry' for its own mistake",
-)
 def test_a_key_name_the_store_cannot_keep_is_a_400(
     request: pytest.FixtureRequest, tmp_path: Path, backend: str
 ) -> None:

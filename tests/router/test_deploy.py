@@ -291,12 +291,6 @@ def test_undecided_or_unknown_canaries_change_nothing(reg: Registry, canary: Dep
     assert reg.get("own@2").status == "canary"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decide_canary does not check that dep is still the alias's live deployment: acting "
-    "on a stale one (the gateway's view before it follows a hand rollback) rolls back the "
-    "rollback and puts the losing canary back on traffic",
-)
 def test_a_stale_canary_decision_does_not_undo_a_hand_rollback(
     reg: Registry, canary: Deployment
 ) -> None:
