@@ -2,8 +2,13 @@
 
 Migrations are a list of versioned steps, applied in order and recorded in `schema_version`.
 We chose this over alembic: the schema is small, it must be created with no set-up on first
-start of `ownlm serve`, and a list of `(version, fn)` is readable in one screen. The steps run
-in one transaction with the version row, so a failed step leaves the database at the old version.
+start of `ownlm serve`, and a list of `(version, fn)` is readable in one screen. Each step is
+written as the DDL of its version (frozen: never today's table definitions; a test checks that
+a fresh migration equals the tables). On PostgreSQL the steps run in one transaction with the
+version rows, so a failed step leaves the database at the old version. SQLite's driver commits
+DDL that runs before the first row is written, so there a failed migration can leave a step's
+tables behind without its version row: every step checks what exists first, so the next start
+finishes it.
 """
 
 from __future__ import annotations
