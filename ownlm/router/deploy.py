@@ -116,6 +116,12 @@ def promote(cfg: PromoteConfig) -> Deployment:
         threshold = gated[-1].metrics.get("routing_threshold") if gated else None
         if threshold is not None:
             escalations = {canary: {"to": incumbent, "min_confidence": float(threshold)}}
+    # the new version becomes the canary; a canary still on trial that this routing drops is
+    # rolled back (it never won), in the same transaction as the routing
+    statuses = [(mv.name, mv.version, "canary")]
+    dropped = reg.by_variant(live.canary) if live.canary not in (None, incumbent, canary) else None
+    if dropped is not None and dropped.status == "canary":
+        statuses.append((dropped.name, dropped.version, "rolled_back"))
     dep = reg.deploy(
         Deployment(
             alias=cfg.alias,
@@ -132,9 +138,9 @@ def promote(cfg: PromoteConfig) -> Deployment:
                 else ""
             ),
             escalations=escalations,
-        )
+        ),
+        statuses,
     )
-    reg.set_status(mv.name, mv.version, "canary")
     return dep
 
 

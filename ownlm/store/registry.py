@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Sequence
 
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -117,24 +118,23 @@ class Registry:
 
     # -- deployments -------------------------------------------------------------------------
 
-    def deploy(self, dep: Deployment) -> Deployment:
-        """Append a deployment row; it becomes the alias's live routing. Returns it with its seq."""
+    def deploy(self, dep: Deployment, statuses: Sequence[tuple[str, int, str]] = ()) -> Deployment:
+        """Append a deployment row; it becomes the alias's live routing. `statuses`: (name,
+        version, status) set in the same transaction. Returns the row with its seq."""
         total = sum(dep.arms.values())
         if not dep.arms or abs(total - 1.0) > 1e-6:
             raise StoreError(f"deployment arms must share all traffic (sum 1), got {dep.arms}")
-        return self._deploy(dep)
+        return self._deploy(dep, statuses)
 
-    def _deploy(
-        self, dep: Deployment, then_status: tuple[str, int, str] | None = None
-    ) -> Deployment:
-        """Insert the row and (optionally) set one version's status, in one transaction."""
+    def _deploy(self, dep: Deployment, statuses: Sequence[tuple[str, int, str]] = ()) -> Deployment:
+        """Insert the row and set the versions' statuses, in one transaction."""
         row = dataclasses.asdict(dep)
         row.pop("seq")
         try:
             with self.engine.begin() as conn:
                 seq = conn.execute(insert(t.deployments).values(**row)).inserted_primary_key[0]
-                if then_status is not None:
-                    _set_status(conn, *then_status)
+                for status in statuses:
+                    _set_status(conn, *status)
         except DatabaseFailure as err:
             raise StoreError(f"cannot write the deployment of {dep.alias!r}: {err}") from err
         return dataclasses.replace(dep, seq=int(seq))
@@ -167,12 +167,12 @@ class Registry:
             )
         newest, before = rows[-1], rows[-2]
         canary = self.by_variant(newest.canary) if newest.canary is not None else None
-        status = (canary.name, canary.version, "rolled_back") if canary is not None else None
+        statuses = [(canary.name, canary.version, "rolled_back")] if canary is not None else []
         return self._deploy(
             dataclasses.replace(
                 before, seq=0, created_at=time.time(), reason=f"rollback of #{newest.seq}: {reason}"
             ),
-            then_status=status,
+            statuses,
         )  # the restored routing and the canary's status, in one transaction
 
 

@@ -85,6 +85,15 @@ def test_a_first_promotion_writes_the_baseline_it_rolls_back_to(reg: Registry, u
     assert reg.get("own@1").status == "rolled_back"
 
 
+def test_a_newer_canary_rolls_back_the_one_still_on_trial(reg: Registry, url: str) -> None:
+    cfg = {"store_url": url, "alias": "app", "incumbent": "strong"}
+    promote(PromoteConfig(model="own@1", **cfg))
+    dep = promote(PromoteConfig(model="own@2", **cfg))
+    assert dep.arms == {"strong": 0.9, "own-v2": 0.1} and dep.canary == "own-v2"
+    # own@1 left the routing without winning: no longer a canary, and its row says so
+    assert reg.get("own@1").status == "rolled_back" and reg.get("own@2").status == "canary"
+
+
 def test_the_incumbent_is_the_live_arm_with_most_traffic_and_keeps_its_model(
     reg: Registry, url: str
 ) -> None:
