@@ -760,14 +760,14 @@ class Gateway:
         router = self.router  # a deployment may swap it while stats are read
         if not router.experiments:
             return
+        if self.shared is not None and not await self.shared.lead(
+            "decisions", 3 * self.cfg.arm_stats_interval_s
+        ):  # another replica decides: take its decisions from the store, read no stats
+            await asyncio.to_thread(self.restore_decisions, router)
+            return
         stats = []
         for name in router.experiments:
             stats.extend(await asyncio.to_thread(store.arm_stats, name))
-        if self.shared is not None and not await self.shared.lead(
-            "decisions", 3 * self.cfg.arm_stats_interval_s
-        ):  # another replica decides: take its decisions from the store
-            await asyncio.to_thread(self.restore_decisions, router)
-            return
         router.update_arm_stats(stats)
         for name, exp in router.experiments.items():  # a new decision outlives a restart
             if exp.eliminated != self.decided.get(name, frozenset()):

@@ -67,13 +67,13 @@ class KeyRing:
 
     def has_budget(self, key_id: str | None) -> bool:
         """True when the key has a budget (its requests reserve their worst case)."""
-        state = self._by_id.get(key_id) if key_id is not None else None
+        state = self.get(key_id)
         return state is not None and state.key.budget_usd is not None
 
     def reserve(self, key_id: str | None, usd: float) -> float:
         """Hold `usd` (a request's worst-case cost) against the key's budget and return what is
         held (0 for a key without a budget); a 429 when the budget is spent or held."""
-        state = self._by_id.get(key_id) if key_id is not None else None
+        state = self.get(key_id)
         if state is None or state.key.budget_usd is None:
             return 0.0
         with self._money:
@@ -83,7 +83,7 @@ class KeyRing:
 
     def settle(self, key_id: str | None, reserved_usd: float, cost_usd: float) -> None:
         """A request is done: release its hold and count what it cost."""
-        state = self._by_id.get(key_id) if key_id is not None else None
+        state = self.get(key_id)
         if state is None:
             return
         with self._money:

@@ -168,10 +168,6 @@ class SharedState:
                 self._unsettled[key_id] = (h + held, c + cost)
             raise
 
-    async def spent(self, key_id: str) -> float:
-        value = await self._aio.get(f"{PREFIX}spent:{key_id}")
-        return float(value or 0.0)
-
     async def cache_get(self, key: str) -> bytes | None:
         try:
             value: bytes | None = await self._aio.get(f"{PREFIX}cache:{key}")

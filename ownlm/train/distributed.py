@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -89,12 +88,7 @@ def sum_values(values: list[float], world: World) -> list[float]:
     return [float(x) for x in t]
 
 
-def barrier(world: World) -> None:
-    if world.size > 1:
-        dist.barrier()
-
-
-def finish(world: World) -> Any:
+def finish(world: World) -> None:
     """Leave the process group at the end of a run."""
     if world.size > 1 and dist.is_initialized():
         dist.barrier()

@@ -84,6 +84,19 @@ def replica_config(mock: MockUpstream, pg: PgServer, url: str, tmp_path: Path) -
     )
 
 
+@pytest.fixture
+def replicas(
+    pg: PgServer,
+    valkey: str,
+    mock_upstream: MockUpstream,
+    start_gateway: Callable[..., GatewayProc],
+    tmp_path: Path,
+) -> tuple[GatewayProc, GatewayProc]:
+    """Two `ownlm serve` replicas on one PostgreSQL and one Valkey-protocol server."""
+    cfg = replica_config(mock_upstream, pg, valkey, tmp_path)
+    return start_gateway(cfg), start_gateway(cfg)
+
+
 def chat(gw: GatewayProc, key: str, model: str = "chat") -> httpx.Response:
     body = {"model": model, "messages": MSG, "max_tokens": 5}
     headers = {"authorization": f"Bearer {key}"}
@@ -91,14 +104,9 @@ def chat(gw: GatewayProc, key: str, model: str = "chat") -> httpx.Response:
 
 
 def test_two_replicas_share_limits_budgets_and_keys(
-    pg: PgServer,
-    valkey: str,
-    mock_upstream: MockUpstream,
-    start_gateway: Callable[..., GatewayProc],
-    tmp_path: Path,
+    pg: PgServer, replicas: tuple[GatewayProc, GatewayProc]
 ) -> None:
-    cfg = replica_config(mock_upstream, pg, valkey, tmp_path)
-    a, b = start_gateway(cfg), start_gateway(cfg)
+    a, b = replicas
 
     # the rate limit: burst 10, refilled once in 1000 s, counted once for both replicas
     codes = [chat((a, b)[i % 2], LIMITED).status_code for i in range(20)]
@@ -153,14 +161,9 @@ def test_two_replicas_share_limits_budgets_and_keys(
 
 @pytest.mark.slow
 def test_killing_a_replica_under_load_loses_no_acknowledged_feedback(
-    pg: PgServer,
-    valkey: str,
-    mock_upstream: MockUpstream,
-    start_gateway: Callable[..., GatewayProc],
-    tmp_path: Path,
+    pg: PgServer, replicas: tuple[GatewayProc, GatewayProc]
 ) -> None:
-    cfg = replica_config(mock_upstream, pg, valkey, tmp_path)
-    a, b = start_gateway(cfg), start_gateway(cfg)
+    a, b = replicas
     acked: list[str] = []  # feedback ids answered 200
     stop = threading.Event()
 
